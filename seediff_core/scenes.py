@@ -1,0 +1,208 @@
+"""Shapes world: procedural scenes whose every pixel's label is known.
+
+A scene is a geometric description (objects with shape, colour, centre, size and rotation, plus a
+background) that can be rendered at any size, so the same scene serves training at 128x128 and
+evaluation at 256x256 with exact masks at both. Everything is a pure function of the seed.
+
+Seed ranges are split so that evaluation never sees a training scene:
+``TRAIN_SEEDS`` for training, ``TUNE_SEEDS`` for tuning defaults, ``TEST_SEEDS`` for reported numbers.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import math
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+SHAPES = ("circle", "square", "triangle", "star")
+COLOURS = ("red", "green", "blue", "yellow")
+BACKGROUND_KINDS = ("plain", "gradient", "textured")
+
+TRAIN_SEEDS = range(0, 10_000_000)
+TUNE_SEEDS = range(10_000_000, 11_000_000)
+TEST_SEEDS = range(20_000_000, 21_000_000)
+
+# Hue (degrees) of each colour name; saturation/value are jittered per object.
+_HUES = {"red": 0.0, "green": 120.0, "blue": 225.0, "yellow": 55.0}
+_SUPERSAMPLE = 4
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """One object. ``center`` and ``radius`` are fractions of the image side; ``rgb`` in 0..255."""
+
+    shape: str
+    colour: str
+    center: tuple[float, float]  # (x, y)
+    radius: float
+    rotation: float  # radians
+    rgb: tuple[int, int, int]
+
+    @property
+    def name(self) -> str:
+        return f"{self.colour} {self.shape}"
+
+
+@dataclass(frozen=True)
+class Scene:
+    seed: int
+    objects: tuple[SceneObject, ...]  # drawn in order: later objects occlude earlier ones
+    background: str
+    background_rgb: tuple[tuple[int, int, int], tuple[int, int, int]]
+    gradient_angle: float = 0.0
+
+    def caption(self, rng: np.random.Generator | None = None) -> str:
+        """A caption; with ``rng`` one of the training variants, without it the canonical one."""
+        return caption_for(self, rng)
+
+
+@dataclass
+class RenderedScene:
+    """``image``: (H, W, 3) uint8 RGB. ``masks``: one (H, W) bool per object (visible part)."""
+
+    scene: Scene
+    image: np.ndarray
+    masks: list[np.ndarray] = field(default_factory=list)
+
+    def label_mask(self, label: str) -> np.ndarray:
+        """Union of the visible masks of objects matching ``label`` ("circle" or "red circle")."""
+        out = np.zeros(self.image.shape[:2], dtype=bool)
+        for obj, mask in zip(self.scene.objects, self.masks):
+            if label in (obj.shape, obj.name):
+                out |= mask
+        return out
+
+
+def make_scene(seed: int, min_objects: int = 1, max_objects: int = 3) -> Scene:
+    """Sample a scene. Objects are mostly apart; about one scene in five lets them overlap."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(min_objects, max_objects + 1))
+    allow_overlap = rng.random() < 0.2
+    objects: list[SceneObject] = []
+    for _ in range(n):
+        for attempt in range(50):
+            # Shrink the size range as attempts fail so that crowded scenes still place everything.
+            shrink = 1.0 - attempt / 80
+            radius = float(rng.uniform(0.13, 0.27) * shrink)
+            center = (float(rng.uniform(radius, 1 - radius)), float(rng.uniform(radius, 1 - radius)))
+            if allow_overlap or all(_apart(center, radius, o) for o in objects):
+                break
+        shape = SHAPES[int(rng.integers(len(SHAPES)))]
+        colour = COLOURS[int(rng.integers(len(COLOURS)))]
+        objects.append(
+            SceneObject(shape, colour, center, radius, float(rng.uniform(0, 2 * math.pi)), _object_rgb(colour, rng))
+        )
+    kind = BACKGROUND_KINDS[int(rng.integers(len(BACKGROUND_KINDS)))]
+    bg = (_muted_rgb(rng), _muted_rgb(rng))
+    return Scene(seed, tuple(objects), kind, bg, float(rng.uniform(0, 2 * math.pi)))
+
+
+def render(scene: Scene, size: int = 128) -> RenderedScene:
+    """Draw ``scene`` at ``size`` x ``size``. Edges are anti-aliased by supersampling; a mask pixel
+    belongs to an object when more than half of it is covered by that object's visible part."""
+    big = size * _SUPERSAMPLE
+    canvas = _background(scene, big)
+    owner = np.full((big, big), -1, dtype=np.int16)
+    for index, obj in enumerate(scene.objects):
+        poly = np.round(_polygon(obj, big) * 16).astype(np.int32)  # 4 fractional bits for cv2
+        cv2.fillPoly(canvas, [poly], obj.rgb, lineType=cv2.LINE_8, shift=4)
+        cv2.fillPoly(owner, [poly], index, lineType=cv2.LINE_8, shift=4)
+    image = cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA)
+    masks = []
+    for index in range(len(scene.objects)):
+        coverage = cv2.resize((owner == index).astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
+        masks.append(coverage > 0.5)
+    return RenderedScene(scene, image, masks)
+
+
+def caption_for(scene: Scene, rng: np.random.Generator | None = None) -> str:
+    """Captions name every object. Training variants shuffle the order, drop colours so that shape
+    words must carry shape on their own, and sometimes add a prefix or the background."""
+    if rng is None:
+        return "a " + _join([o.name for o in scene.objects])
+    order = rng.permutation(len(scene.objects))
+    colour_mode = rng.random()  # all coloured / none coloured / each object decided alone
+    phrases = []
+    for i in order:
+        obj = scene.objects[i]
+        coloured = colour_mode < 0.3 or (colour_mode >= 0.6 and rng.random() < 0.5)
+        phrases.append(obj.name if coloured else obj.shape)
+    text = "a " + _join(phrases)
+    if rng.random() < 0.3:
+        text = "a photo of " + text
+    if rng.random() < 0.25:
+        text += f" on a {scene.background} background"
+    return text
+
+
+def caption_words() -> list[str]:
+    """Every word a caption or the default prompt template can contain."""
+    return ["a", "photo", "of", "and", ",", "on", "background", *SHAPES, *COLOURS, *BACKGROUND_KINDS]
+
+
+def _join(phrases: list[str]) -> str:
+    phrases = [p if i == 0 else "a " + p for i, p in enumerate(phrases)]
+    if len(phrases) == 1:
+        return phrases[0]
+    return ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
+def _apart(center: tuple[float, float], radius: float, other: SceneObject) -> bool:
+    gap = 0.03
+    return math.dist(center, other.center) > radius + other.radius + gap
+
+
+def _object_rgb(colour: str, rng: np.random.Generator) -> tuple[int, int, int]:
+    hue = (_HUES[colour] + rng.uniform(-8, 8)) % 360 / 360
+    r, g, b = colorsys.hsv_to_rgb(hue, rng.uniform(0.75, 1.0), rng.uniform(0.75, 1.0))
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def _muted_rgb(rng: np.random.Generator) -> tuple[int, int, int]:
+    r, g, b = colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.0, 0.25), rng.uniform(0.3, 0.75))
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def _background(scene: Scene, size: int) -> np.ndarray:
+    a = np.array(scene.background_rgb[0], dtype=np.float32)
+    b = np.array(scene.background_rgb[1], dtype=np.float32)
+    if scene.background == "plain":
+        img = np.broadcast_to(a, (size, size, 3)).copy()
+    elif scene.background == "gradient":
+        ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) / (size - 1)
+        ramp = (xs - 0.5) * math.cos(scene.gradient_angle) + (ys - 0.5) * math.sin(scene.gradient_angle)
+        ramp = (ramp - ramp.min()) / max(float(ramp.max() - ramp.min()), 1e-6)
+        img = a + (b - a) * ramp[..., None]
+    else:
+        # Low-frequency blotches plus fine grain, from the scene's own seed so renders agree across sizes.
+        noise_rng = np.random.default_rng(scene.seed + 7_777_777)
+        coarse = cv2.resize(noise_rng.random((8, 8)).astype(np.float32), (size, size), interpolation=cv2.INTER_CUBIC)
+        fine = cv2.resize(noise_rng.random((64, 64)).astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
+        mix = np.clip(0.75 * coarse + 0.25 * fine, 0, 1)
+        img = a + (b - a) * mix[..., None]
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _polygon(obj: SceneObject, size: int) -> np.ndarray:
+    """Vertices (N, 2) in pixel (x, y) of ``obj`` on a ``size`` canvas."""
+    if obj.shape == "circle":
+        angles = np.linspace(0, 2 * math.pi, 96, endpoint=False)
+        radii = np.ones_like(angles)
+    elif obj.shape == "square":
+        angles = np.arange(4) * math.pi / 2 + math.pi / 4
+        radii = np.full(4, 1.0)  # circumradius: the square's side is radius * sqrt(2)
+    elif obj.shape == "triangle":
+        angles = np.arange(3) * 2 * math.pi / 3 - math.pi / 2
+        radii = np.full(3, 1.1)  # slightly larger so its area is closer to the others'
+    elif obj.shape == "star":
+        angles = np.arange(10) * math.pi / 5 - math.pi / 2
+        radii = np.where(np.arange(10) % 2 == 0, 1.15, 0.5)
+    else:
+        raise ValueError(f"unknown shape {obj.shape!r}; expected one of {SHAPES}")
+    angles = angles + obj.rotation
+    r = obj.radius * size * radii
+    cx, cy = obj.center[0] * size, obj.center[1] * size
+    return np.stack([cx + r * np.cos(angles), cy + r * np.sin(angles)], axis=1)
