@@ -23,7 +23,6 @@ slows down many times over.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shutil
@@ -37,7 +36,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from seediff_core.scenes import TRAIN_SEEDS, caption_for, caption_words, make_scene, render  # noqa: E402
+from seediff_core.building import write_word_tokenizer  # noqa: E402
+from seediff_core.scenes import caption_for, caption_words, make_scene, render  # noqa: E402
 
 IMAGE_SIZE = 128
 LATENT_SIZE = 16
@@ -94,49 +94,8 @@ def scheduler_config() -> dict:
     )
 
 
-def write_word_tokenizer(folder: Path) -> None:
-    """CLIP BPE files whose merges spell every caption word as one token. Other text still
-    tokenizes, into byte-level characters, as in CLIP."""
-    folder.mkdir(parents=True, exist_ok=True)
-    symbols = list(_byte_symbols().values())
-    vocab: dict[str, int] = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for s in symbols + [s + "</w>" for s in symbols]:
-        vocab.setdefault(s, len(vocab))
-    merges: list[tuple[str, str]] = []
-    for word in caption_words():
-        # Apply the merges so far as BPE would, then add only what this word still needs. New merges
-        # rank after the old ones, so words already spelled keep their single token.
-        pieces = _bpe(list(word[:-1]) + [word[-1] + "</w>"], {m: r for r, m in enumerate(merges)})
-        while len(pieces) > 1:
-            pair = (pieces[0], pieces[1])
-            merges.append(pair)
-            vocab.setdefault(pair[0] + pair[1], len(vocab))
-            pieces = [pair[0] + pair[1]] + pieces[2:]
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
-
-
-def _bpe(pieces: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
-    while len(pieces) > 1:
-        pairs = [(ranks.get(p, math.inf), i) for i, p in enumerate(zip(pieces, pieces[1:]))]
-        rank, i = min(pairs)
-        if rank == math.inf:
-            break
-        pieces = pieces[:i] + [pieces[i] + pieces[i + 1]] + pieces[i + 2 :]
-    return pieces
-
-
-def _byte_symbols() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte -> printable character table (printable bytes map to themselves)."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
+def write_tokenizer(folder: Path) -> None:
+    write_word_tokenizer(folder, caption_words())
 
 
 def load_tokenizer(folder: Path):
@@ -316,7 +275,7 @@ def build_unet_and_text(work: Path):
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    write_word_tokenizer(work / "tokenizer")
+    write_tokenizer(work / "tokenizer")
     tokenizer = load_tokenizer(work / "tokenizer")
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**unet_config())

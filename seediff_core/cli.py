@@ -1,0 +1,169 @@
+"""The ``seediff`` command.
+
+    seediff segment IMAGE... --labels L1 L2 ... [--model ID_OR_PATH] [--method seediff]
+                    [--steps N] [--t T] [--out DIR]
+
+writes, per image, ``DIR/<image stem>/<label>.png`` (0/255 at the original size; an all-zero PNG for
+a label with no pixels), ``overlay.png`` and ``result.json``. This layout is stable: other tools read it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .config import DEFAULT_MODEL
+
+log = logging.getLogger("seediff")
+
+
+def _spread_multi_value_options(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    """Let ``--labels cat dog`` mean ``--labels cat --labels dog``: every word up to the next option."""
+    out: list[str] = []
+    current = None
+    for arg in argv:
+        if arg in names:
+            current = arg
+            continue
+        if arg.startswith("-"):
+            current = None
+        if current is not None:
+            out.extend([current, arg])
+        else:
+            out.append(arg)
+    return out
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--log-level", default="WARNING", show_default=True, help="DEBUG, INFO, WARNING or ERROR.")
+def main(log_level: str) -> None:
+    """Segmentation masks from a diffusion model's attention, with no training."""
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+
+
+def _settings_options(func):
+    options = [
+        click.option("--model", default=DEFAULT_MODEL, show_default=True,
+                     help="'shapes-world' (ships with seediff, offline), a local SD folder, or a hub id."),
+        click.option("--method", default=None, help="Segmentation method (default: seediff)."),
+        click.option("--steps", "inversion_steps", type=int, default=None, help="DDIM inversion steps."),
+        click.option("--t", "timestep", type=int, default=None, help="Timestep the latent is brought to."),
+        click.option("--noise-mode", type=click.Choice(["invert", "noise", "clean"]), default=None,
+                     help="DDIM inversion, one-step noising, or the clean latent."),
+        click.option("--size", "working_size", type=int, default=None, help="Long side of the working grid."),
+        click.option("--device", default=None, help="cuda, mps or cpu (default: the best available)."),
+        click.option("--dtype", default=None, help="float16, bfloat16 or float32."),
+        click.option("--set", "extra", multiple=True, metavar="NAME=VALUE",
+                     help="Any other setting, e.g. --set final_threshold=0.7 (JSON values)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def build_segmenter(model: str, extra: tuple[str, ...], **settings: Any):
+    """Load the model once and build a segmenter with its tuned settings plus the given ones."""
+    from .config import make_config
+    from .models import load_model
+    from .pipeline import Segmenter
+
+    for item in extra:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--set")
+        try:
+            settings[name.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[name.strip()] = value
+    loaded = load_model(model, settings.get("device"), settings.get("dtype"))
+    return Segmenter(loaded, make_config(model=model, model_dir=loaded.folder, **settings))
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--labels", multiple=True, required=True, help="Label names (space- or comma-separated).")
+@click.option("--out", default="seediff-out", show_default=True, type=click.Path(path_type=Path))
+@_settings_options
+def segment(images: tuple[Path, ...], labels: tuple[str, ...], out: Path, model: str, extra: tuple[str, ...], **settings):
+    """One mask per label for each IMAGE, at the image's original size."""
+    from tqdm import tqdm
+
+    from .images import ImageError, load_image
+
+    labels = tuple(part.strip() for label in labels for part in label.split(",") if part.strip())
+    try:
+        segmenter = build_segmenter(model, extra, **settings)
+    except (ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    failures = 0
+    stems: set[str] = set()
+    for path in tqdm(images, desc="segment", unit="image", disable=len(images) < 2, file=sys.stderr):
+        folder = out / _unique_stem(path.stem, stems)
+        try:
+            picture = load_image(path)
+            result = segmenter.segment(picture, labels)
+            write_result(folder, picture, result, path)
+        except (ImageError, ValueError) as exc:
+            failures += 1
+            click.echo(f"error: {path}: {exc}", err=True)
+        except Exception as exc:  # one image's failure must not stop the others
+            failures += 1
+            click.echo(f"error: {path}: {type(exc).__name__}: {exc}", err=True)
+            log.debug("%s", traceback.format_exc())
+    done = len(images) - failures
+    click.echo(f"{done} of {len(images)} image(s) segmented into {out}", err=True)
+    if failures:
+        sys.exit(1)
+
+
+def write_result(folder: Path, picture, result, source: Path | None = None) -> None:
+    """Write one image's masks, overlay and result.json (the stable output layout)."""
+    import numpy as np
+    from PIL import Image
+
+    from .overlay import draw_overlay
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files: dict[str, str] = {}
+    used: set[str] = {"overlay", "result"}
+    for item in result.masks:
+        name = _unique_stem(safe_filename(item.label), used) + ".png"
+        Image.fromarray(item.mask, mode="L").save(folder / name)
+        files[item.label] = name
+    legend = [f"{m.label} {m.score:.2f}" for m in result.masks]
+    Image.fromarray(draw_overlay(np.asarray(picture), [m.mask for m in result.masks], legend)).save(folder / "overlay.png")
+    info = result.to_json()
+    info["image"] = str(source) if source is not None else None
+    for entry in info["labels"]:
+        entry["file"] = files[entry["label"]]
+    (folder / "result.json").write_text(json.dumps(info, indent=2))
+
+
+def safe_filename(label: str) -> str:
+    """The label as a file name: path separators and control characters become '_'."""
+    cleaned = "".join("_" if c in '/\\:*?"<>|' or ord(c) < 32 else c for c in label).strip(" .")
+    return cleaned or "_"
+
+
+def _unique_stem(stem: str, used: set[str]) -> str:
+    candidate, n = stem, 1
+    while candidate in used:
+        n += 1
+        candidate = f"{stem}-{n}"
+    used.add(candidate)
+    return candidate
+
+
+def run() -> None:
+    """Console-script entry point."""
+    main(args=_spread_multi_value_options(sys.argv[1:], ("--labels",)), prog_name="seediff")
+
+
+if __name__ == "__main__":
+    run()

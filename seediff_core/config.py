@@ -1,0 +1,120 @@
+"""Every setting of the pipeline in one frozen dataclass.
+
+Precedence when building one: library defaults < the model folder's ``seediff.json`` (settings
+tuned for that model, e.g. the shapes-world model's smaller maps) < values the caller passes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+NOISE_MODES = ("invert", "noise", "clean")
+
+
+@dataclass(frozen=True)
+class SeediffConfig:
+    """Settings of one segmentation run.
+
+    Attention-map sizes are given as *factors* of the latent grid (factor 1 = the latent itself,
+    64x64 for SD1.5 at 512; factor 4 = 16x16), so the same settings transfer to models and image
+    shapes of other sizes.
+    """
+
+    # Model and device
+    model: str = DEFAULT_MODEL
+    device: str | None = None  # None: cuda > mps > cpu
+    dtype: str | None = None  # None: float16 on cuda, float32 elsewhere
+
+    # Image: long side of the working grid in pixels; None = the model's native size (512 for SD1.5).
+    # The short side keeps the aspect ratio and is padded to the model's multiple (64 for SD).
+    working_size: int | None = None
+
+    # Noise level: "invert" (DDIM inversion with an empty prompt), "noise" (one-step noising with
+    # noise_seed) or "clean" (the clean latent with timestep t's embedding, as DiffSeg does).
+    noise_mode: str = "invert"
+    timestep: int = 200
+    inversion_steps: int = 10
+    noise_seed: int = 0
+
+    # Prompt: "{labels}" becomes "a cat, a dog and a bird". Synonyms add prompt words whose maps
+    # are averaged into their label's map.
+    prompt_template: str = "a photo of {labels}"
+    synonyms: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    method: str = "seediff"
+
+    # SeeDiff (defaults from the reference demo, seediff_app.py, except where noted)
+    seed_factor: int = 4  # cross-attention grid of the seeds (16x16 on SD1.5 at 512)
+    variance_floor: float = 1e-4  # a layer whose normalised map varies less than this ...
+    flat_layer_weight: float = 0.01  # ... is damped by this weight
+    expansion_factors: tuple[int, ...] = (4, 2, 1)  # self-attention grids, coarse to fine
+    expansion_threshold: float = 0.3  # binarises the upsampled expansion before PAMR
+    # PAMR: the demo runs 5000 iterations at dilation 1, a random walk that floods each colour
+    # region about sqrt(5000) ~ 70 px; dilated neighbourhoods reach as far in 30 iterations, ~100x
+    # less work. Flooding matters: the expansion alone stops at its blurred coarse prior.
+    pamr_iterations: int = 30
+    pamr_dilations: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    pamr_std_factor: float = 0.2
+    final_threshold: float = 0.8
+
+    # Capture: queries per chunk when materialising attention probabilities.
+    attention_chunk: int = 1024
+    # Inversion results kept in memory (image hash + settings -> latent).
+    latent_cache_size: int = 32
+
+    def __post_init__(self) -> None:
+        # JSON and CLI give lists and plain strings; keep the frozen config hashable-friendly.
+        object.__setattr__(self, "expansion_factors", tuple(int(v) for v in self.expansion_factors))
+        object.__setattr__(self, "pamr_dilations", tuple(int(v) for v in self.pamr_dilations))
+        object.__setattr__(
+            self, "synonyms", {str(k): (v,) if isinstance(v, str) else tuple(v) for k, v in self.synonyms.items()}
+        )
+        _validate(self)
+
+    def replace(self, **changes: Any) -> "SeediffConfig":
+        """A copy with ``changes``; unknown names raise ValueError listing the valid ones."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            valid = ", ".join(f.name for f in dataclasses.fields(self))
+            raise ValueError(f"unknown setting(s) {unknown}; valid settings: {valid}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["synonyms"] = {k: list(v) for k, v in self.synonyms.items()}
+        return out
+
+
+def make_config(model: str | None = None, model_dir: str | Path | None = None, **overrides: Any) -> SeediffConfig:
+    """Defaults, then ``model_dir/seediff.json`` if present, then ``overrides`` (None values skipped)."""
+    config = SeediffConfig() if model is None else SeediffConfig(model=model)
+    if model_dir is not None and (Path(model_dir) / "seediff.json").is_file():
+        config = config.replace(**json.loads((Path(model_dir) / "seediff.json").read_text()))
+    return config.replace(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _validate(config: SeediffConfig) -> None:
+    if config.noise_mode not in NOISE_MODES:
+        raise ValueError(f"noise_mode={config.noise_mode!r}; expected one of {NOISE_MODES}")
+    if not 0 <= config.timestep < 1000:
+        raise ValueError(f"timestep={config.timestep} is outside 0..999")
+    if config.inversion_steps < 1:
+        raise ValueError(f"inversion_steps={config.inversion_steps}; need at least 1")
+    if "{labels}" not in config.prompt_template:
+        raise ValueError(f"prompt_template {config.prompt_template!r} must contain '{{labels}}'")
+    for name in ("expansion_threshold", "final_threshold"):
+        if not 0.0 <= getattr(config, name) <= 1.0:
+            raise ValueError(f"{name}={getattr(config, name)} must be within 0..1")
+    factors = (config.seed_factor, *config.expansion_factors)
+    if any(f < 1 or f & (f - 1) for f in factors):
+        raise ValueError(f"map factors must be powers of two >= 1, got seed {config.seed_factor}, "
+                         f"expansion {config.expansion_factors}")
+    if list(config.expansion_factors) != sorted(config.expansion_factors, reverse=True):
+        raise ValueError(f"expansion_factors={config.expansion_factors} must go coarse to fine, e.g. (4, 2, 1)")
+    if config.working_size is not None and config.working_size < 64:
+        raise ValueError(f"working_size={config.working_size} is too small; use at least 64")

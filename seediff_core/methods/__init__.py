@@ -1,0 +1,18 @@
+"""Segmentation methods: interchangeable strategies over one image's attention maps."""
+
+from __future__ import annotations
+
+from .base import Method, MethodOutput
+from .seediff import SeeDiff
+
+METHODS: dict[str, type] = {SeeDiff.name: SeeDiff}
+
+
+def get_method(name: str) -> Method:
+    """The method registered as ``name``; ValueError lists the available ones."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
+    return METHODS[name]()
+
+
+__all__ = ["METHODS", "Method", "MethodOutput", "get_method"]

@@ -1,0 +1,210 @@
+"""image -> latents -> attention maps -> method -> masks at the original size.
+
+``Segmenter`` receives a model already loaded (``load_model``) and a config; ``segment`` runs one
+image through every stage:
+
+1. read and prepare the image (EXIF, RGB, resize + pad to the model's grid);
+2. encode it and bring the latent to timestep t (inversion / noising / clean), cached by image
+   hash + settings, so asking again with other labels does not invert again;
+3. one UNet pass per prompt (labels that overflow the text window take several passes over the
+   same latents), capturing only the layers the method reads;
+4. the method turns the maps into soft maps, disjoint masks and scores on the working grid;
+5. maps go back to the original width x height.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .attention import CROSS, AttentionStore, capture_attention, unet_layers
+from .config import SeediffConfig, make_config
+from .images import PreparedImage, load_image, prepare_image, to_original
+from .latents import LatentCache, add_noise, ddim_invert, encode_image
+from .maps import collect_maps
+from .methods import get_method
+from .models import DiffusionModel, load_model
+from .prompts import build_prompts
+from .results import LabelMask, SegmentationResult
+
+ImageInput = str | Path | bytes | Image.Image
+
+
+class Segmenter:
+    """Segments images into one mask per label with a loaded model.
+
+    Args:
+        model (`DiffusionModel`): from ``load_model``.
+        config (`SeediffConfig`, *optional*): defaults to the library defaults overlaid with the
+            model folder's ``seediff.json``.
+    """
+
+    def __init__(self, model: DiffusionModel, config: SeediffConfig | None = None):
+        self.model = model
+        self.config = config or make_config(model=model.name, model_dir=model.folder)
+        self._latents = LatentCache(self.config.latent_cache_size)
+        self._text: dict[str, torch.Tensor] = {}
+
+    @property
+    def latent_cache(self) -> LatentCache:
+        """The cache of encoded and noised latents (its ``hits``/``misses`` show reuse)."""
+        return self._latents
+
+    @classmethod
+    def from_name(cls, model: str = "shapes-world", **settings: Any) -> "Segmenter":
+        """Load ``model`` and build a segmenter with its tuned settings plus ``settings``."""
+        loaded = load_model(model, settings.get("device"), settings.get("dtype"))
+        return cls(loaded, make_config(model=model, model_dir=loaded.folder, **settings))
+
+    def segment(self, image: ImageInput, labels: Sequence[str], **settings: Any) -> SegmentationResult:
+        """One mask per label for ``image``.
+
+        Args:
+            image: a path, encoded bytes or a PIL image, in any mode; EXIF orientation is applied.
+            labels (`Sequence[str]`): label names; each is also its prompt word unless
+                ``synonyms`` says more.
+            **settings: per-call overrides of ``SeediffConfig`` fields (e.g. ``timestep=300``).
+
+        Raises:
+            ImageError: the image cannot be read.
+            ValueError: bad labels or settings.
+        """
+        config = self.config.replace(**settings) if settings else self.config
+        timings: dict[str, float] = {}
+        clock = _Clock(timings, self.model.device)
+
+        with clock("prepare"):
+            picture = image if isinstance(image, Image.Image) and image.mode == "RGB" else load_image(image)
+            prepared = prepare_image(picture, config.working_size or self.model.native_size, self.model.size_multiple)
+        noisy = self._noisy_latents(prepared, config, clock)
+        with clock("attention"):
+            prompts = build_prompts(labels, self.model.tokenizer, config.prompt_template, config.synonyms,
+                                    self.model.max_tokens)
+            method = get_method(config.method)
+            layers = unet_layers(self.model.unet)
+            wanted = method.layers(layers, config)
+            stores = []
+            for index, prompt in enumerate(prompts):
+                # Self-attention hardly depends on the text: read it on the first pass only.
+                names = wanted if index == 0 else {l.name for l in layers if l.name in wanted and l.kind == CROSS}
+                store = AttentionStore()
+                with capture_attention(self.model.unet, store, lambda layer: layer.name in names, config.attention_chunk):
+                    self._unet(noisy, config.timestep, self._encode_text(prompt.text))
+                stores.append(store)
+            height, width = prepared.size
+            x, y, cw, ch = prepared.content
+            maps = collect_maps(
+                stores, prompts, [p.strip() for p in labels], tuple(noisy.shape[-2:]),
+                (x / width, y / height, (x + cw) / width, (y + ch) / height),
+                torch.from_numpy(prepared.rgb).permute(2, 0, 1).float() / 255.0,
+            )
+        with clock("method"):
+            output = method.segment(maps, config)
+        with clock("to_original"):
+            masks = masks_to_original(output.masks, prepared)
+            soft = _crop_content(output.soft, prepared)
+        result_masks = [
+            LabelMask(label, masks[k], float(output.scores[k]) if masks[k].any() else 0.0, soft[k])
+            for k, label in enumerate(maps.labels)
+        ]
+        timings["total"] = sum(timings.values())
+        return SegmentationResult(
+            masks=result_masks,
+            width=prepared.original_size[0],
+            height=prepared.original_size[1],
+            method=config.method,
+            model=self.model.name,
+            settings=config.to_dict(),
+            prompts=[p.text for p in prompts],
+            timings=timings,
+        )
+
+    # ------------------------------------------------------------------ stages
+
+    def _noisy_latents(self, prepared: PreparedImage, config: SeediffConfig, clock: "_Clock") -> torch.Tensor:
+        model = self.model
+        clean_key = (prepared.digest, model.source, str(model.dtype))
+        with clock("encode"):
+            clean = self._latents.get(clean_key)
+            if clean is None:
+                clean = encode_image(model.vae, prepared.pixels).to(model.unet.dtype)
+                self._latents.put(clean_key, clean)
+        if config.noise_mode == "clean":
+            return clean
+        key = clean_key + (config.noise_mode, config.timestep, config.inversion_steps, config.noise_seed)
+        with clock("invert" if config.noise_mode == "invert" else "noise"):
+            noisy = self._latents.get(key)
+            if noisy is None:
+                if config.noise_mode == "invert":
+                    noisy = ddim_invert(model.unet, model.scheduler, clean, self._encode_text(""),
+                                        config.timestep, config.inversion_steps)
+                else:
+                    noisy = add_noise(model.scheduler, clean, config.timestep, config.noise_seed)
+                self._latents.put(key, noisy)
+        return noisy
+
+    @torch.no_grad()
+    def _encode_text(self, text: str) -> torch.Tensor:
+        """(1, T, D) text embeddings padded to the window, as Stable Diffusion pipelines do."""
+        if text not in self._text:
+            tokenizer = self.model.tokenizer
+            ids = tokenizer(text, padding="max_length", max_length=self.model.max_tokens, truncation=True,
+                            return_tensors="pt").input_ids.to(self.model.device)
+            self._text[text] = self.model.text_encoder(ids)[0].to(self.model.unet.dtype)
+        return self._text[text]
+
+    @torch.no_grad()
+    def _unet(self, latents: torch.Tensor, t: int, context: torch.Tensor) -> torch.Tensor:
+        return self.model.unet(latents, t, encoder_hidden_states=context).sample
+
+
+def masks_to_original(masks: torch.Tensor, prepared: PreparedImage) -> list[np.ndarray]:
+    """(K, h, w) disjoint bool masks on the working grid -> K (H, W) uint8 0/255 masks in the
+    original frame. Each mask and the background are interpolated bilinearly and every pixel takes
+    the largest, so edges stay smooth and masks stay disjoint."""
+    if masks.shape[0] == 0:
+        return []
+    background = ~masks.any(dim=0, keepdim=True)
+    stacked = torch.cat([background, masks]).float()
+    original = to_original(stacked, prepared)
+    winner = original.argmax(dim=0)
+    return [((winner == k + 1).numpy().astype(np.uint8) * 255) for k in range(masks.shape[0])]
+
+
+def _crop_content(maps: torch.Tensor, prepared: PreparedImage) -> np.ndarray:
+    """(K, h, w) on a grid proportional to the working grid -> (K, h', w') float32 of the content."""
+    grid_h, grid_w = prepared.size
+    x, y, cw, ch = prepared.content
+    if maps.shape[-2:] != (grid_h, grid_w):
+        maps = F.interpolate(maps[None].float(), size=(grid_h, grid_w), mode="bilinear", align_corners=False)[0]
+    return maps[:, y : y + ch, x : x + cw].float().cpu().numpy()
+
+
+class _Clock:
+    """Adds each stage's wall time (after the device finished its work) to ``timings``."""
+
+    def __init__(self, timings: dict[str, float], device: torch.device):
+        self.timings, self.device = timings, device
+
+    def __call__(self, stage: str) -> "_Clock":
+        self.stage = stage
+        return self
+
+    def __enter__(self) -> None:
+        self._sync()
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self._sync()
+        self.timings[self.stage] = self.timings.get(self.stage, 0.0) + time.perf_counter() - self.start
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)

@@ -1,0 +1,77 @@
+"""What a segmentation returns: per label a mask at the original size, a score and a soft map."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class LabelMask:
+    """One label's result.
+
+    Attributes:
+        label (`str`): the label as given.
+        mask (`np.ndarray`): (H, W) uint8, 255 inside, 0 outside, in the original (EXIF-corrected) frame.
+        score (`float`): in [0, 1]; the method's docstring defines it (SeeDiff: contrast of the
+            expanded attention between the mask and the rest of the image). 0 for an empty mask.
+        soft (`np.ndarray`): (h, w) float32 in [0, 1], the method's confidence map on the working
+            grid, cropped to the image (same aspect ratio as the original, smaller).
+    """
+
+    label: str
+    mask: np.ndarray
+    score: float
+    soft: np.ndarray
+
+    @property
+    def area(self) -> int:
+        """Pixels inside the mask."""
+        return int(np.count_nonzero(self.mask))
+
+
+@dataclass
+class SegmentationResult:
+    """Masks for every requested label of one image, in the labels' order, plus how they were made."""
+
+    masks: list[LabelMask]
+    width: int
+    height: int
+    method: str
+    model: str
+    settings: dict[str, Any]
+    prompts: list[str]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def labels(self) -> list[str]:
+        return [m.label for m in self.masks]
+
+    def __getitem__(self, label: str) -> LabelMask:
+        for mask in self.masks:
+            if mask.label == label:
+                return mask
+        raise KeyError(f"no label {label!r}; labels: {self.labels}")
+
+    @property
+    def score(self) -> float:
+        """Image-level score: the mean of the scores of the labels that got a mask (0 if none did).
+        Sorting images by it, lowest first, puts the least certain pre-labels first for review."""
+        scores = [m.score for m in self.masks if m.area > 0]
+        return float(np.mean(scores)) if scores else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything except the arrays, JSON-serialisable."""
+        return {
+            "width": self.width,
+            "height": self.height,
+            "method": self.method,
+            "model": self.model,
+            "score": round(self.score, 6),
+            "labels": [{"label": m.label, "score": round(m.score, 6), "area": m.area} for m in self.masks],
+            "prompts": self.prompts,
+            "settings": self.settings,
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+        }

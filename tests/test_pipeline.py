@@ -1,0 +1,109 @@
+"""The whole path, image -> masks at the original size, on the tiny random model.
+
+The tiny model's attention means nothing, so these tests check shapes, frames, determinism and
+bookkeeping; mask quality is tested on the shapes-world model (test_quality.py).
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from seediff_core import ImageError, Segmenter
+from seediff_core.scenes import make_scene, render
+
+# The tiny UNet's latent is 16x16; SD's default factors (16x16 seeds of a 64x64 latent) scale down.
+SMALL = {"seed_factor": 2, "expansion_factors": (2, 1)}
+
+
+@pytest.fixture(scope="module")
+def segmenter(tiny_model):
+    return Segmenter(tiny_model, Segmenter(tiny_model).config.replace(**SMALL))
+
+
+def _photo(width=333, height=517, seed=1) -> Image.Image:
+    return Image.fromarray(render(make_scene(seed), 256).image).resize((width, height))
+
+
+def test_masks_come_back_at_the_original_odd_size(segmenter):
+    result = segmenter.segment(_photo(), ["cat", "dog"])
+    assert (result.width, result.height) == (333, 517)
+    assert result.labels == ["cat", "dog"]
+    for item in result.masks:
+        assert item.mask.shape == (517, 333) and item.mask.dtype == np.uint8
+        assert set(np.unique(item.mask)) <= {0, 255}
+        assert 0.0 <= item.score <= 1.0
+        assert item.soft.dtype == np.float32 and item.soft.min() >= 0 and item.soft.max() <= 1
+        assert item.soft.shape[0] == 128 and abs(item.soft.shape[1] - 128 * 333 / 517) <= 1
+    assert not ((result.masks[0].mask > 0) & (result.masks[1].mask > 0)).any()
+    assert {"prepare", "encode", "invert", "attention", "method", "to_original", "total"} <= set(result.timings)
+    assert result.prompts == ["a photo of a cat and a dog"]
+    assert 0.0 <= result.score <= 1.0
+
+
+def test_exif_rotated_input_gives_masks_aligned_with_the_rotated_image(segmenter):
+    upright = _photo(200, 120, seed=4)
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what a camera held sideways writes
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to display"
+    buf = io.BytesIO()
+    stored.save(buf, format="PNG", exif=exif.tobytes())
+    from_exif = segmenter.segment(buf.getvalue(), ["cat", "dog"])
+    direct = segmenter.segment(upright, ["cat", "dog"])
+    assert (from_exif.width, from_exif.height) == (200, 120)
+    for a, b in zip(from_exif.masks, direct.masks):
+        assert a.mask.shape == (120, 200)
+        assert np.array_equal(a.mask, b.mask)
+
+
+def test_second_prediction_with_other_labels_does_not_invert_again(tiny_model):
+    segmenter = Segmenter(tiny_model, Segmenter(tiny_model).config.replace(**SMALL))
+    photo = _photo(seed=5)
+    segmenter.segment(photo, ["cat"])
+    misses = segmenter.latent_cache.misses
+    segmenter.segment(photo, ["dog", "bird"])
+    assert segmenter.latent_cache.misses == misses  # encode and inversion both came from the cache
+    segmenter.segment(photo, ["dog"], timestep=150)
+    assert segmenter.latent_cache.misses == misses + 1  # a new timestep inverts again, encoding is reused
+
+
+def test_results_are_deterministic(segmenter):
+    a = segmenter.segment(_photo(seed=2), ["cat", "dog"], noise_mode="noise", noise_seed=3)
+    b = segmenter.segment(_photo(seed=2), ["cat", "dog"], noise_mode="noise", noise_seed=3)
+    for x, y in zip(a.masks, b.masks):
+        assert np.array_equal(x.mask, y.mask) and x.score == y.score
+
+
+@pytest.mark.parametrize("mode", ["invert", "noise", "clean"])
+def test_every_noise_mode_runs(segmenter, mode):
+    result = segmenter.segment(_photo(seed=3), ["cat"], noise_mode=mode, timestep=300)
+    assert result.settings["noise_mode"] == mode and result.masks[0].mask.shape == (517, 333)
+
+
+def test_many_labels_take_several_passes(segmenter):
+    labels = [f"thing{i}" for i in range(9)]
+    result = segmenter.segment(_photo(seed=6), labels, synonyms={"thing0": ["cat", "dog"]})
+    assert len(result.prompts) > 1
+    assert result.labels == labels
+    stacked = np.stack([m.mask > 0 for m in result.masks])
+    assert stacked.sum(axis=0).max() <= 1
+
+
+def test_sd2_style_model_segments(tiny_sd2_dir):
+    segmenter = Segmenter.from_name(str(tiny_sd2_dir), device="cpu", **SMALL)
+    result = segmenter.segment(_photo(64, 96), ["cat"])
+    assert result.masks[0].mask.shape == (96, 64)
+
+
+def test_bad_input_raises_clear_errors(segmenter):
+    with pytest.raises(ImageError, match="cannot read"):
+        segmenter.segment(b"not an image", ["cat"])
+    with pytest.raises(ValueError, match="no labels"):
+        segmenter.segment(_photo(), [])
+    with pytest.raises(ValueError, match="unknown setting"):
+        segmenter.segment(_photo(), ["cat"], thresold=0.5)
+    with pytest.raises(ValueError, match="factor 16"):
+        segmenter.segment(_photo(), ["cat"], seed_factor=16, expansion_factors=(16, 1))

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import torch
+
+from seediff_core.refine import contrast_score, cosine_affinity_sum, minmax, otsu_threshold, pamr, resolve_overlaps, upsample
+
+
+def test_minmax_per_map_and_flat_maps_become_zero():
+    x = torch.stack([torch.arange(16.0).reshape(4, 4), torch.full((4, 4), 3.0)])
+    out = minmax(x)
+    assert out[0].min() == 0 and out[0].max() == 1
+    assert torch.count_nonzero(out[1]) == 0
+    valid = torch.zeros(4, 4, dtype=torch.bool)
+    valid[:2] = True
+    assert minmax(x, valid=valid)[0, 1].max() == 1  # statistics from the valid rows only
+    assert minmax(torch.empty(0, 4, 4)).shape == (0, 4, 4)
+
+
+def test_otsu_splits_two_modes():
+    values = torch.cat([torch.full((100,), 0.2), torch.full((50,), 0.8)]) + torch.linspace(-0.02, 0.02, 150)
+    threshold = otsu_threshold(values)
+    assert values[:100].max() < threshold <= values[100:].min()
+    assert otsu_threshold(torch.empty(0)) == 0.5
+    assert otsu_threshold(torch.full((10,), 0.3)) == 0.5
+
+
+def test_cosine_affinity_sum_matches_the_loop():
+    attention = torch.rand(20, 20).softmax(-1)
+    seeds = torch.zeros(2, 20, dtype=torch.bool)
+    seeds[0, [1, 4, 7]] = True
+    seeds[1, [10]] = True
+    fast = cosine_affinity_sum(attention, seeds)
+    for k in range(2):
+        slow = torch.stack([
+            sum(torch.nn.functional.cosine_similarity(attention[i], attention[s], dim=0) for s in seeds[k].nonzero()[:, 0])
+            for i in range(20)
+        ])
+        assert torch.allclose(fast[k], slow, atol=1e-5)
+    assert cosine_affinity_sum(attention, torch.zeros(0, 20, dtype=torch.bool)).shape == (0, 20)
+
+
+def test_pamr_keeps_constant_masks_and_snaps_to_colour_edges():
+    image = torch.zeros(3, 32, 32)
+    image[0, :, 16:] = 1.0  # left black, right red
+    mask = torch.zeros(1, 32, 32)
+    mask[0, :, 18:28] = 1.0  # inside the red half only
+    refined = pamr(image, mask, iterations=40, dilations=(1, 2, 4, 8))
+    # The whole red half is reached, and across the edge only a trickle arrives (as in the original
+    # PAMR, the affinity is averaged over colour channels, so an edge in one channel is not a wall).
+    assert refined[0, :, 16:].min() > 0.45
+    assert refined[0, :, :16].max() < 0.1
+    ones = torch.ones(2, 32, 32)
+    assert torch.allclose(pamr(image, ones), ones, atol=1e-5)
+    assert pamr(image, torch.zeros(0, 32, 32)).shape == (0, 32, 32)
+
+
+def test_resolve_overlaps_gives_each_pixel_to_the_strongest_label():
+    masks = torch.ones(2, 2, 2, dtype=torch.bool)
+    masks[1, 0, 0] = False
+    strength = torch.tensor([[[0.9, 0.1], [0.9, 0.1]], [[1.0, 0.5], [0.2, 0.9]]])
+    out = resolve_overlaps(masks, strength)
+    assert out.sum(0).max() == 1
+    assert out[0].tolist() == [[True, False], [True, False]]
+    assert out[1].tolist() == [[False, True], [False, True]]
+    assert resolve_overlaps(torch.zeros(0, 2, 2, dtype=torch.bool), torch.zeros(0, 2, 2)).shape == (0, 2, 2)
+
+
+def test_contrast_score():
+    evidence = torch.zeros(2, 4, 4)
+    evidence[0, :2] = 1.0
+    masks = torch.zeros(2, 4, 4, dtype=torch.bool)
+    masks[0, :2] = True
+    masks[1, :, :2] = True
+    scores = contrast_score(evidence, masks)
+    assert scores[0] == 1.0 and scores[1] == 0.0
+    assert contrast_score(evidence, torch.zeros(2, 4, 4, dtype=torch.bool)).tolist() == [0.0, 0.0]
+    assert contrast_score(torch.zeros(0, 4, 4), torch.zeros(0, 4, 4, dtype=torch.bool)).shape == (0,)
+
+
+def test_bicubic_upsampling_stays_in_range():
+    maps = torch.zeros(1, 4, 4)
+    maps[0, 1:3, 1:3] = 1
+    out = upsample(maps, (16, 16))
+    assert out.shape == (1, 16, 16) and out.min() >= 0 and out.max() <= 1

@@ -1,0 +1,124 @@
+"""SeeDiff on hand-built attention whose answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seediff_core.config import SeediffConfig
+from seediff_core.maps import AttentionMaps
+from seediff_core.methods import get_method
+from seediff_core.methods.seediff import seed_maps
+
+LATENT = 32
+IMAGE = 256
+
+
+def _segmentation(size: int) -> np.ndarray:
+    """0 background, 1 a disk, 2 a rectangle, on a size x size grid."""
+    ys, xs = np.mgrid[0:size, 0:size] / size
+    seg = np.zeros((size, size), dtype=np.int64)
+    seg[(xs - 0.3) ** 2 + (ys - 0.35) ** 2 < 0.18**2] = 1
+    seg[(xs > 0.58) & (xs < 0.9) & (ys > 0.55) & (ys < 0.85)] = 2
+    return seg
+
+
+def _self_attention(seg: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+    """Rows attend uniformly within their own region, plus a little noise; rows sum to 1."""
+    flat = seg.reshape(-1)
+    same = (flat[:, None] == flat[None, :]).astype(np.float64)
+    attn = same + 0.02 * rng.random(same.shape)
+    return torch.from_numpy(attn / attn.sum(axis=1, keepdims=True)).float()
+
+
+def _cross(seg: np.ndarray, region: int, rng: np.random.Generator, layers: int = 3) -> torch.Tensor:
+    """Coarse cross-attention: a blob at the region's centre (covering only part of it) plus noise."""
+    ys, xs = np.nonzero(seg == region)
+    cy, cx = ys.mean(), xs.mean()
+    yy, xx = np.mgrid[0 : seg.shape[0], 0 : seg.shape[1]]
+    blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (seg.shape[0] * 0.06) ** 2))
+    maps = [blob * rng.uniform(0.5, 1.5) + 0.15 * rng.random(seg.shape) for _ in range(layers)]
+    return torch.from_numpy(np.stack(maps)).float() / 77
+
+
+def _hand_built_maps(labels=("disk", "box"), regions=(1, 2)) -> tuple[AttentionMaps, np.ndarray]:
+    rng = np.random.default_rng(0)
+    seed_grid = LATENT // 4
+    cross = torch.stack([_cross(_segmentation(seed_grid), r, rng) for r in regions], dim=1)  # (layers, K, h, w)
+    self_attention = {f: _self_attention(_segmentation(LATENT // f), rng)[None] for f in (4, 2, 1)}
+    truth = _segmentation(IMAGE)
+    colours = np.array([[90, 90, 90], [200, 40, 40], [40, 60, 210]], dtype=np.float32) / 255
+    image = torch.from_numpy(colours[truth]).permute(2, 0, 1).float()
+    maps = AttentionMaps(
+        labels=list(labels), latent_size=(LATENT, LATENT), content=(0.0, 0.0, 1.0, 1.0), image=image,
+        cross={4: cross}, cross_layers={4: ["a", "b", "c"]}, self_attention=self_attention,
+        self_layers={f: [f"self{f}"] for f in self_attention},
+    )
+    return maps, truth
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+def test_seediff_recovers_known_regions():
+    maps, truth = _hand_built_maps()
+    out = get_method("seediff").segment(maps, SeediffConfig())
+    masks = out.masks.numpy()
+    assert masks.shape == (2, IMAGE, IMAGE)
+    assert _iou(masks[0], truth == 1) >= 0.95
+    assert _iou(masks[1], truth == 2) >= 0.95
+    assert not (masks[0] & masks[1]).any()
+    assert ((out.scores >= 0) & (out.scores <= 1)).all()
+    assert out.scores.min() > 0.5  # clean regions give high contrast
+
+
+def test_seeds_lie_inside_the_region():
+    maps, _ = _hand_built_maps()
+    grid_seg = _segmentation(LATENT // 4)
+    seeds = seed_maps(maps.cross[4], maps.valid((8, 8)), 1e-4, 0.01)
+    peak = np.unravel_index(int(seeds[0].argmax()), seeds[0].shape)
+    assert grid_seg[peak] == 1
+
+
+def test_flat_layers_are_damped():
+    cross = torch.zeros(2, 1, 8, 8)
+    cross[0, 0, 2, 2] = 1.0  # an informative layer
+    cross[1, 0] = 0.5
+    cross[1, 0, 7, 7] = 0.5001  # nearly flat: variance of its min-max map is tiny only if damped
+    cross[1, 0, :, :4] += 1e-7
+    valid = torch.ones(8, 8, dtype=torch.bool)
+    damped = seed_maps(cross, valid, variance_floor=1.0, flat_weight=0.0)  # every layer "flat", weight 0
+    assert torch.count_nonzero(damped) == 0
+    kept = seed_maps(cross, valid, variance_floor=1e-4, flat_weight=0.01)
+    assert kept[0, 2, 2] == 1.0
+
+
+def test_padding_is_never_labelled():
+    maps, _ = _hand_built_maps()
+    maps.content = (0.0, 0.0, 1.0, 0.5)  # bottom half is padding
+    out = get_method("seediff").segment(maps, SeediffConfig())
+    assert not out.masks[:, IMAGE // 2 + 2 :].any()
+
+
+def test_missing_factor_is_a_clear_error():
+    maps, _ = _hand_built_maps()
+    with pytest.raises(ValueError, match="seed_factor"):
+        get_method("seediff").segment(maps, SeediffConfig(seed_factor=8, expansion_factors=(8, 4, 2, 1)))
+
+
+def test_unknown_method_lists_the_available_ones():
+    with pytest.raises(ValueError, match="available: .*seediff"):
+        get_method("nope")
+
+
+def test_expansion_follows_self_attention_not_cross_attention():
+    # The cross-attention blob covers only the disk's centre; the mask must reach the disk's rim.
+    maps, truth = _hand_built_maps(labels=("disk",), regions=(1,))
+    blob = F.interpolate(maps.cross[4].mean(0)[None], size=(IMAGE, IMAGE), mode="bilinear")[0, 0]
+    blob_mask = (blob > blob.max() * 0.5).numpy()
+    out = get_method("seediff").segment(maps, SeediffConfig())
+    assert _iou(blob_mask, truth == 1) < 0.8
+    assert _iou(out.masks[0].numpy(), truth == 1) >= 0.95
