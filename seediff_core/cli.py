@@ -40,7 +40,28 @@ def _spread_multi_value_options(argv: list[str], names: tuple[str, ...]) -> list
     return out
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """Commands that live outside the library load only when asked for: ``serve`` needs the
+    Label Studio backend package (``pip install seediff[backend]``), the library does not."""
+
+    lazy = {"serve": ("backend.cli", "serve")}
+
+    def list_commands(self, ctx):
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx, name):
+        if name in self.lazy:
+            import importlib
+
+            module, attribute = self.lazy[name]
+            try:
+                return getattr(importlib.import_module(module), attribute)
+            except ImportError as exc:
+                raise click.ClickException(f"'seediff {name}' needs the backend extra: pip install 'seediff[backend]' ({exc})")
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--log-level", default="WARNING", show_default=True, help="DEBUG, INFO, WARNING or ERROR.")
 def main(log_level: str) -> None:
     """Segmentation masks from a diffusion model's attention, with no training."""

@@ -7,11 +7,12 @@ factor (1 = the latent grid). Methods never touch the UNet or the prompt again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from .attention import CROSS, SELF, AttentionStore
+from .hints import Hints
 from .prompts import Prompt
 
 
@@ -30,6 +31,7 @@ class AttentionMaps:
         cross_layers (`dict[int, list[str]]`): factor -> layer names in execution order.
         self_attention (`dict[int, torch.Tensor]`): factor -> (layers, h*w, h*w), rows sum to 1.
         self_layers (`dict[int, list[str]]`): factor -> layer names in execution order.
+        hints (`dict[str, Hints]`): annotator hints per label, in fractions of the working grid.
     """
 
     labels: list[str]
@@ -40,6 +42,7 @@ class AttentionMaps:
     cross_layers: dict[int, list[str]]
     self_attention: dict[int, torch.Tensor]
     self_layers: dict[int, list[str]]
+    hints: dict[str, Hints] = field(default_factory=dict)
 
     def grid(self, factor: int) -> tuple[int, int]:
         """(h, w) of the maps at ``factor``."""

@@ -15,7 +15,7 @@ image through every stage:
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from PIL import Image
 
 from .attention import CROSS, AttentionStore, capture_attention, unet_layers
 from .config import SeediffConfig, make_config
+from .hints import Hints
 from .images import PreparedImage, load_image, prepare_image, to_original
 from .latents import LatentCache, add_noise, ddim_invert, encode_image
 from .maps import collect_maps
@@ -63,13 +64,24 @@ class Segmenter:
         loaded = load_model(model, settings.get("device"), settings.get("dtype"))
         return cls(loaded, make_config(model=model, model_dir=loaded.folder, **settings))
 
-    def segment(self, image: ImageInput, labels: Sequence[str], **settings: Any) -> SegmentationResult:
+    def segment(
+        self,
+        image: ImageInput,
+        labels: Sequence[str],
+        *,
+        hints: Mapping[str, Hints] | None = None,
+        words: Mapping[str, Sequence[str]] | None = None,
+        **settings: Any,
+    ) -> SegmentationResult:
         """One mask per label for ``image``.
 
         Args:
             image: a path, encoded bytes or a PIL image, in any mode; EXIF orientation is applied.
-            labels (`Sequence[str]`): label names; each is also its prompt word unless
-                ``synonyms`` says more.
+            labels (`Sequence[str]`): label names; each is also its prompt word unless ``words``
+                gives others (``synonyms`` in the settings add more).
+            hints (`Mapping[str, Hints]`, *optional*): annotator clicks and boxes per label, in
+                fractions of the original image.
+            words (`Mapping[str, Sequence[str]]`, *optional*): prompt words per label.
             **settings: per-call overrides of ``SeediffConfig`` fields (e.g. ``timestep=300``).
 
         Raises:
@@ -86,7 +98,7 @@ class Segmenter:
         noisy = self._noisy_latents(prepared, config, clock)
         with clock("attention"):
             prompts = build_prompts(labels, self.model.tokenizer, config.prompt_template, config.synonyms,
-                                    self.model.max_tokens)
+                                    self.model.max_tokens, words)
             method = get_method(config.method)
             layers = unet_layers(self.model.unet)
             wanted = method.layers(layers, config)
@@ -105,6 +117,10 @@ class Segmenter:
                 (x / width, y / height, (x + cw) / width, (y + ch) / height),
                 torch.from_numpy(prepared.rgb).permute(2, 0, 1).float() / 255.0,
             )
+            unknown = sorted(set(hints or {}) - set(maps.labels))
+            if unknown:
+                raise ValueError(f"hints for {unknown}, which are not among the labels {maps.labels}")
+            maps.hints = {label: h.mapped(cw / width, ch / height) for label, h in (hints or {}).items() if h}
         with clock("method"):
             output = method.segment(maps, config)
         with clock("to_original"):

@@ -28,8 +28,12 @@ def build_prompts(
     template: str = "a photo of {labels}",
     synonyms: Mapping[str, Sequence[str]] | None = None,
     max_tokens: int = 77,
+    words: Mapping[str, Sequence[str]] | None = None,
 ) -> list[Prompt]:
     """Prompts covering ``labels`` (in order), each within ``max_tokens``.
+
+    A label's prompt words are ``words[label]`` if given (e.g. Label Studio's ``predicted_values``
+    for a label named "Cls_1"), else the label itself; ``synonyms[label]`` adds more.
 
     Raises:
         ValueError: no labels, duplicate or empty labels, or one label's words alone do not fit.
@@ -43,8 +47,8 @@ def build_prompts(
         raise ValueError(f"duplicate labels in {list(labels)!r}")
     if template.count("{labels}") != 1:
         raise ValueError(f"prompt template {template!r} must contain '{{labels}}' exactly once")
-    synonyms = synonyms or {}
-    words = {label: _unique([label, *synonyms.get(label, ())]) for label in cleaned}
+    synonyms, given = synonyms or {}, words or {}
+    words = {label: _unique([*(given.get(label) or [label]), *synonyms.get(label, ())]) for label in cleaned}
 
     prompts: list[Prompt] = []
     group: list[str] = []

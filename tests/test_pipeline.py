@@ -107,3 +107,21 @@ def test_bad_input_raises_clear_errors(segmenter):
         segmenter.segment(_photo(), ["cat"], thresold=0.5)
     with pytest.raises(ValueError, match="factor 16"):
         segmenter.segment(_photo(), ["cat"], seed_factor=16, expansion_factors=(16, 1))
+
+
+def test_box_hints_are_mapped_from_the_original_frame(segmenter):
+    from seediff_core.hints import Hints
+
+    result = segmenter.segment(_photo(), ["cat"], hints={"cat": Hints(boxes=((0.0, 0.0, 0.5, 0.5),))})
+    mask = result["cat"].mask > 0
+    assert mask.any()
+    ys, xs = np.nonzero(mask)
+    assert xs.max() < 333 * 0.5 + 6 and ys.max() < 517 * 0.5 + 6  # inside the box, up to resampling
+    with pytest.raises(ValueError, match="not among the labels"):
+        segmenter.segment(_photo(), ["cat"], hints={"dog": Hints(positive=((0.5, 0.5),))})
+
+
+def test_prompt_words_replace_the_label_name(segmenter):
+    result = segmenter.segment(_photo(), ["Cls_1", "Cls_2"], words={"Cls_1": ["cat"], "Cls_2": ["dog", "bird"]})
+    assert result.prompts == ["a photo of a cat, a dog and a bird"]
+    assert result.labels == ["Cls_1", "Cls_2"]

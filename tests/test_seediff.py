@@ -122,3 +122,39 @@ def test_expansion_follows_self_attention_not_cross_attention():
     out = get_method("seediff").segment(maps, SeediffConfig())
     assert _iou(blob_mask, truth == 1) < 0.8
     assert _iou(out.masks[0].numpy(), truth == 1) >= 0.95
+
+
+# Annotator hints (interactive mode)
+
+from seediff_core.hints import Hints  # noqa: E402
+
+
+def test_a_positive_click_overrides_the_cross_attention_seeds():
+    maps, truth = _hand_built_maps(labels=("thing",), regions=(1,))  # attention points at the disk
+    maps.hints = {"thing": Hints(positive=((0.74, 0.70),))}  # the annotator clicks the box
+    out = get_method("seediff").segment(maps, SeediffConfig())
+    assert _iou(out.masks[0].numpy(), truth == 2) >= 0.95
+
+
+def test_a_negative_click_removes_what_it_resembles():
+    maps, truth = _hand_built_maps(labels=("thing",), regions=(1,))
+    maps.hints = {"thing": Hints(positive=((0.3, 0.35), (0.74, 0.70)))}
+    both = get_method("seediff").segment(maps, SeediffConfig()).masks[0].numpy()
+    assert _iou(both, (truth == 1) | (truth == 2)) >= 0.9
+    maps.hints = {"thing": Hints(positive=((0.3, 0.35), (0.74, 0.70)), negative=((0.7, 0.65),))}
+    out = get_method("seediff").segment(maps, SeediffConfig()).masks[0].numpy()
+    assert _iou(out, truth == 1) >= 0.9 and not (out & (truth == 2)).any()
+
+
+def test_a_box_confines_the_mask_and_finds_seeds_inside_it():
+    maps, truth = _hand_built_maps(labels=("thing",), regions=(1,))
+    maps.hints = {"thing": Hints(boxes=((0.55, 0.5, 0.95, 0.9),))}
+    out = get_method("seediff").segment(maps, SeediffConfig()).masks[0].numpy()
+    assert _iou(out, truth == 2) >= 0.95
+
+
+@pytest.mark.parametrize("kwargs", [{"positive": ((1.2, 0.5),)}, {"negative": ((0.5, -0.1),)},
+                                    {"boxes": ((0.5, 0.5, 0.4, 0.9),)}])
+def test_bad_hints_are_clear_errors(kwargs):
+    with pytest.raises(ValueError, match="hint"):
+        Hints(**kwargs)

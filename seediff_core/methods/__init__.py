@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from .base import Method, MethodOutput
+from .crossattn import CrossAttentionBaseline
 from .seediff import SeeDiff
 
-METHODS: dict[str, type] = {SeeDiff.name: SeeDiff}
+METHODS: dict[str, type] = {SeeDiff.name: SeeDiff, CrossAttentionBaseline.name: CrossAttentionBaseline}
 
 
 def get_method(name: str) -> Method:

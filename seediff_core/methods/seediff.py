@@ -36,6 +36,7 @@ import torch
 
 from ..attention import CROSS, SELF, Layer
 from ..config import SeediffConfig
+from ..hints import box_mask, point_mask
 from ..maps import AttentionMaps
 from ..refine import contrast_score, cosine_affinity_sum, minmax, otsu_threshold, pamr, resolve_overlaps, upsample
 from .base import MethodOutput
@@ -87,23 +88,55 @@ def otsu_foreground(maps: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 def expand(seeds_map: torch.Tensor, maps: AttentionMaps, factors: tuple[int, ...]) -> torch.Tensor:
-    """Steps 1-3. (K, h, w) seed map -> (K, h', w') expanded map at the finest factor, in [0, 1]."""
+    """Steps 1-3. (K, h, w) seed map -> (K, h', w') expanded map at the finest factor, in [0, 1].
+
+    Annotator hints (``maps.hints``) change three things for their label: positive clicks replace
+    the cross-attention seeds; negative clicks join the background seeds at every scale; boxes
+    confine the seeds and the expanded map.
+    """
     first = factors[0]
     grid = maps.grid(first)
     valid = maps.valid(grid)
     seeds_map = minmax(upsample(seeds_map, grid), valid=valid)
     seeds = otsu_foreground(seeds_map, valid)
+    allowed, negatives = _hint_masks(maps, grid, valid)
+    for k, label in enumerate(maps.labels):
+        hint = maps.hints.get(label)
+        if hint and hint.positive:
+            seeds[k] = point_mask(hint.positive, grid) & valid
+        elif hint and hint.boxes:
+            seeds[k] &= allowed[k]
+            if not seeds[k].any():  # no attention seed in the box: take its hottest cell
+                seeds[k].view(-1)[torch.where(allowed[k], seeds_map[k], -1.0).argmax()] = True
     attention = maps.require_self(first)[0]
     expanded = minmax(cosine_affinity_sum(attention, seeds.flatten(1)).reshape(-1, *grid), valid=valid)
+    if negatives.any():
+        push = minmax(cosine_affinity_sum(attention, negatives.flatten(1)).reshape(-1, *grid), valid=valid)
+        has = negatives.flatten(1).any(dim=1)[:, None, None]
+        expanded = torch.where(has, minmax(expanded * (1 - push), valid=valid), expanded)
+    expanded = expanded * allowed
     for factor in factors[1:]:
         grid = maps.grid(factor)
         valid = maps.valid(grid)
+        allowed, negatives = _hint_masks(maps, grid, valid)
         prior = minmax(upsample(expanded, grid), valid=valid)
-        background = ~otsu_foreground(prior, valid) & valid
+        background = (~otsu_foreground(prior, valid) & valid) | negatives
         attention = maps.require_self(factor)[0]
         similarity = minmax(cosine_affinity_sum(attention, background.flatten(1)).reshape(-1, *grid), valid=valid)
-        expanded = minmax(prior * (1 - similarity), valid=valid)
+        expanded = minmax(prior * (1 - similarity), valid=valid) * allowed
     return expanded
+
+
+def _hint_masks(maps: AttentionMaps, grid: tuple[int, int], valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(K, h, w) bool each: where a label may be (its boxes, or everywhere valid) and its negative clicks."""
+    allowed = valid.expand(len(maps.labels), *grid).clone()
+    negatives = torch.zeros_like(allowed)
+    for k, label in enumerate(maps.labels):
+        hint = maps.hints.get(label)
+        if hint:
+            allowed[k] &= box_mask(hint.boxes, grid)
+            negatives[k] = point_mask(hint.negative, grid) & valid
+    return allowed, negatives
 
 
 def finalize(expanded: torch.Tensor, maps: AttentionMaps, config: SeediffConfig) -> MethodOutput:
@@ -111,9 +144,10 @@ def finalize(expanded: torch.Tensor, maps: AttentionMaps, config: SeediffConfig)
     size = tuple(maps.image.shape[-2:])
     valid = maps.valid(size)
     evidence = minmax(upsample(expanded, size), valid=valid)
-    binary = (evidence >= config.expansion_threshold) & valid
+    allowed, _ = _hint_masks(maps, size, valid)
+    binary = (evidence >= config.expansion_threshold) & allowed
     refined = pamr(maps.image, binary.float(), config.pamr_iterations, config.pamr_dilations, config.pamr_std_factor)
     refined = minmax(refined, valid=valid) * valid
-    masks = (refined >= config.final_threshold) & valid
+    masks = (refined >= config.final_threshold) & allowed
     masks = resolve_overlaps(masks, refined + 1e-3 * evidence)
     return MethodOutput(soft=refined, masks=masks, scores=contrast_score(evidence, masks, valid))

@@ -1,0 +1,89 @@
+"""seediff as a Label Studio ML backend model: a thin adapter from tasks to results.
+
+The work (fetching, segmenting, queueing) is in ``Runtime``; the regions are built by the control
+classes in ``controls``. This class only maps Label Studio's requests onto them.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from seediff_core.hints import Hints
+
+from .base import LabelStudioMLBase
+from .controls import ImageTarget, parse_targets
+
+log = logging.getLogger(__name__)
+
+
+class SeediffBackend(LabelStudioMLBase):
+    """Pre-labels images with one mask per label of the project's BrushLabels, PolygonLabels or
+    BitmaskLabels controls; interactive clicks and boxes refine the clicked label."""
+
+    def __init__(self, *args, runtime, **kwargs):
+        self.runtime = runtime
+        super().__init__(*args, **kwargs)
+
+    def setup(self) -> None:
+        self.set("model_version", self.runtime.model_version(self.extra_params))
+
+    def predict(self, tasks: list[dict], context: dict | None = None, **kwargs) -> list:
+        if self.label_interface is None:
+            raise ValueError("no labeling config: call /setup first or send label_config with /predict")
+        targets = parse_targets(self.label_interface)
+        settings, words = self.runtime.overrides(self.extra_params)
+        if context and context.get("result"):
+            return [self._interactive(tasks[0], targets, context["result"], settings, words)]
+        outcomes = self.runtime.segment_tasks(tasks, targets, settings, words)
+        # A failed task gets an empty list: Label Studio stores nothing for it and keeps the others.
+        return [[] if isinstance(o, Exception) else self._prediction(o) for o in outcomes]
+
+    def _prediction(self, segmented: list) -> dict:
+        regions, scores = [], []
+        for target, result in segmented:
+            scores.append(result.score)
+            for control in target.controls:
+                for label in control.labels:
+                    item = result[label] if label in result.labels else None
+                    if item is not None and item.area > 0:
+                        regions.extend(control.regions(label, item.mask, item.score))
+        score = float(np.mean(scores)) if scores else 0.0
+        return {"result": regions, "score": round(score, 4), "model_version": self.model_version}
+
+    def _interactive(self, task: dict, targets: list[ImageTarget], regions: list[dict], settings, words) -> dict:
+        by_name = {t.object_name: t for t in targets}
+        target = by_name.get(regions[0].get("to_name"), targets[0])
+        hints = hints_from_context(regions, target.labels)
+        if not hints:
+            log.info("interactive request for task %s carries no usable keypoint or rectangle", task.get("id"))
+            return {"result": [], "score": 0.0, "model_version": self.model_version}
+        result = self.runtime.segment_interactive(task, target, hints, settings, words)
+        return self._prediction([(target, result)])
+
+
+def hints_from_context(regions: list[dict], labels: list[str]) -> dict[str, Hints]:
+    """Keypoints (positive unless ``is_positive`` is false) and rectangles, by the label they carry,
+    in fractions of the image. Regions whose label is not one of ``labels`` are ignored."""
+    found: dict[str, dict[str, list]] = {}
+    for region in regions:
+        kind, value = region.get("type", ""), region.get("value") or {}
+        names = value.get(kind) or value.get("labels") or []
+        label = next((n for n in names if n in labels), None)
+        if label is None:
+            continue
+        entry = found.setdefault(label, {"positive": [], "negative": [], "boxes": []})
+        if kind == "keypointlabels":
+            point = (_fraction(value["x"]), _fraction(value["y"]))
+            entry["positive" if region.get("is_positive", True) else "negative"].append(point)
+        elif kind == "rectanglelabels":
+            x0, y0 = _fraction(value["x"]), _fraction(value["y"])
+            x1, y1 = _fraction(value["x"] + value["width"]), _fraction(value["y"] + value["height"])
+            if x1 > x0 and y1 > y0:
+                entry["boxes"].append((x0, y0, x1, y1))
+    return {label: Hints(tuple(e["positive"]), tuple(e["negative"]), tuple(e["boxes"])) for label, e in found.items()}
+
+
+def _fraction(percent: float) -> float:
+    return min(1.0, max(0.0, float(percent) / 100.0))

@@ -1,0 +1,176 @@
+"""What one backend process shares across requests: settings, the model (loaded once, in the
+background), the inference worker, the image fetcher, per-project state and counters."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import Any
+
+from seediff_core.config import make_config
+from seediff_core.hints import Hints
+from seediff_core.images import ImageError, load_image
+from seediff_core.models import resolve_source
+
+from .controls import ImageTarget
+from .fetch import ImageFetcher
+from .settings import BackendSettings
+from .state import ProjectState
+from .worker import BATCH, INTERACTIVE, InferenceWorker, ModelHolder, QueueFull
+
+log = logging.getLogger(__name__)
+MODEL_WAIT_SECONDS = 30.0
+PROMPT_KEYS = ("prompts", "label_prompts")  # extra params: {"prompts": {"Cat": ["cat", "kitten"]}}
+
+
+@dataclass
+class Metrics:
+    started: float = field(default_factory=time.time)
+    tasks_ok: int = 0
+    tasks_failed: int = 0
+    requests: int = 0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def record(self, timings: dict[str, float]) -> None:
+        with self.lock:
+            self.tasks_ok += 1
+            for stage, seconds in timings.items():
+                self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
+
+    def failed(self) -> None:
+        with self.lock:
+            self.tasks_failed += 1
+
+    def to_json(self) -> dict[str, Any]:
+        with self.lock:
+            mean = {k: round(v / self.tasks_ok, 4) for k, v in self.stage_seconds.items()} if self.tasks_ok else {}
+            return {"uptime_s": round(time.time() - self.started, 1), "requests": self.requests,
+                    "tasks_ok": self.tasks_ok, "tasks_failed": self.tasks_failed, "mean_stage_seconds": mean}
+
+
+class Runtime:
+    def __init__(self, settings: BackendSettings):
+        self.settings = settings
+        self.state = ProjectState(settings.model_dir / "cache.db")
+        self.fetcher = ImageFetcher(settings)
+        self.worker = InferenceWorker(settings.queue_size)
+        self.metrics = Metrics()
+        self._fetch_pool = ThreadPoolExecutor(4, thread_name_prefix="seediff-fetch")
+        # Settings (library defaults < the model folder's seediff.json < env) are known before the
+        # weights load, so /setup can answer with a model version at once.
+        folder = resolve_source(settings.model)[1]
+        self.base_config = make_config(model=settings.model, model_dir=folder, **settings.pipeline)
+        self.model = ModelHolder(self._load)
+
+    def _load(self):
+        from seediff_core.models import load_model
+        from seediff_core.pipeline import Segmenter
+
+        loaded = load_model(self.settings.model, self.base_config.device, self.base_config.dtype)
+        return Segmenter(loaded, self.base_config)
+
+    # ------------------------------------------------------------------ per project
+
+    def overrides(self, extra_params: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, list[str]]]:
+        """(pipeline settings, prompt words per label) from a project's extra params.
+
+        Raises:
+            ValueError: an unknown or invalid setting (the message lists the valid ones).
+        """
+        params = dict(extra_params or {})
+        words: dict[str, list[str]] = {}
+        for key in PROMPT_KEYS:
+            for label, value in (params.pop(key, None) or {}).items():
+                words[str(label)] = [value] if isinstance(value, str) else [str(v) for v in value]
+        if "steps" in params:
+            params["inversion_steps"] = params.pop("steps")
+        if "t" in params:
+            params["timestep"] = params.pop("t")
+        params.pop("model", None)  # one model per process: set SEEDIFF_MODEL instead
+        self.base_config.replace(**params)  # validates
+        return params, words
+
+    def model_version(self, extra_params: dict[str, Any] | None) -> str:
+        """Names the method, model and settings, so Label Studio re-predicts when any changes."""
+        params, words = self.overrides(extra_params)
+        config = self.base_config.replace(**params).to_dict()
+        for key in ("device", "dtype", "model", "attention_chunk", "latent_cache_size"):
+            config.pop(key)
+        digest = hashlib.sha256(json.dumps([config, words], sort_keys=True).encode()).hexdigest()[:8]
+        model = self.settings.model.rstrip("/").rsplit("/", 1)[-1]
+        mode = {"invert": f"inv{config['inversion_steps']}", "noise": "noise", "clean": "clean"}[config["noise_mode"]]
+        return f"seediff-{config['method']}-{model}-t{config['timestep']}-{mode}-{digest}"
+
+    # ------------------------------------------------------------------ work
+
+    def segment_tasks(self, tasks: list[dict], targets: list[ImageTarget], settings: dict[str, Any],
+                      words: dict[str, list[str]]) -> list[list | Exception]:
+        """Per task: [(target, SegmentationResult), ...], or the exception that failed that task.
+
+        Images download in parallel; each goes to the model worker as soon as it arrives.
+
+        Raises:
+            QueueFull: the worker cannot take this many tasks now (nothing was started).
+            RuntimeError / TimeoutError: the model failed to load, or is still loading.
+        """
+        segmenter = self.model.get(MODEL_WAIT_SECONDS)
+        jobs = [(i, target) for i in range(len(tasks)) for target in targets]
+        self.worker.ensure_room(len(jobs))
+        outcomes: list[list | Exception] = [[] for _ in tasks]
+        downloads = {self._fetch_pool.submit(self._fetch, tasks[i], target): (i, target) for i, target in jobs}
+        pending = {}
+        for done in as_completed(downloads):
+            i, target = downloads[done]
+            if isinstance(outcomes[i], Exception):
+                continue
+            try:
+                image = done.result()
+                labels, target_words = target.labels, {**target.words, **words}
+                job = lambda image=image, labels=labels, w=target_words: segmenter.segment(image, labels, words=w, **settings)  # noqa: E731
+                pending[self.worker.submit([job], BATCH)[0]] = (i, target)
+            except QueueFull:
+                raise
+            except Exception as exc:
+                outcomes[i] = exc
+        for future, (i, target) in pending.items():
+            try:
+                result = future.result()
+                if not isinstance(outcomes[i], Exception):
+                    outcomes[i].append((target, result))
+                self.metrics.record(result.timings)
+            except Exception as exc:
+                outcomes[i] = exc
+        for i, outcome in enumerate(outcomes):
+            if isinstance(outcome, Exception):
+                self.metrics.failed()
+                log.error("task %s failed: %s: %s", tasks[i].get("id"), type(outcome).__name__, outcome)
+        return outcomes
+
+    def segment_interactive(self, task: dict, target: ImageTarget, hints: dict[str, Hints], settings: dict[str, Any],
+                            words: dict[str, list[str]]):
+        """One task, only the hinted labels, ahead of queued batch work."""
+        segmenter = self.model.get(MODEL_WAIT_SECONDS)
+        image = self._fetch(task, target)
+        labels = list(hints)
+        job = lambda: segmenter.segment(image, labels, hints=hints, words={**target.words, **words}, **settings)  # noqa: E731
+        result = self.worker.submit([job], INTERACTIVE)[0].result()
+        self.metrics.record(result.timings)
+        return result
+
+    def _fetch(self, task: dict, target: ImageTarget):
+        data = task.get("data") or {}
+        if target.data_key not in data:
+            raise KeyError(f"task {task.get('id')} has no data field {target.data_key!r} for Image {target.object_name!r}")
+        reference = data[target.data_key]
+        raw = self.fetcher.fetch(reference, task.get("id"))
+        try:
+            return load_image(raw, max_pixels=self.settings.max_pixels)
+        except ImageError as exc:  # name the image by its reference, not "bytes"
+            shown = reference if not str(reference).startswith("data:") else "data: URL"
+            raise ImageError(f"{shown}: {str(exc).split(': ', 1)[-1]}") from exc

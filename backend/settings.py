@@ -1,0 +1,115 @@
+"""Backend settings from the environment, named the way Label Studio's ML backends name them.
+
+Label Studio connection: LABEL_STUDIO_URL (or LABEL_STUDIO_HOST), LABEL_STUDIO_API_KEY (or
+LABEL_STUDIO_ACCESS_TOKEN): a Personal Access Token (exchanged for short-lived access tokens) or a
+legacy token. LOCAL_FILES_DOCUMENT_ROOT lets local-files images be read from disk.
+Server: HOST, PORT (9090), WORKERS (1), THREADS (8), LOG_LEVEL, BASIC_AUTH_USER / BASIC_AUTH_PASS,
+MODEL_DIR (caches: downloads, state).
+Model: SEEDIFF_MODEL, SEEDIFF_METHOD, SEEDIFF_DEVICE, SEEDIFF_DTYPE, SEEDIFF_SETTINGS (a JSON object
+of any pipeline setting), or one setting at a time as SEEDIFF_<NAME> (e.g. SEEDIFF_TIMESTEP=300).
+Limits: SEEDIFF_QUEUE_SIZE (tasks waiting for the model, 256), SEEDIFF_FETCH_TIMEOUT (s, 20),
+SEEDIFF_MAX_IMAGE_BYTES (50 MB), SEEDIFF_MAX_PIXELS (80 M), SEEDIFF_DOWNLOAD_CACHE_BYTES (1 GB),
+SEEDIFF_ALLOWED_HOSTS (comma-separated hosts images may come from besides Label Studio; "*" = any
+public host).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from seediff_core.config import DEFAULT_MODEL, SeediffConfig
+
+
+def _env(*names: str, default: str | None = None) -> str | None:
+    for name in names:
+        value = os.environ.get(name)
+        if value not in (None, ""):
+            return value
+    return default
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    label_studio_url: str | None = None
+    api_key: str | None = None
+    local_files_root: Path | None = None
+    basic_auth_user: str | None = None
+    basic_auth_pass: str | None = None
+    model_dir: Path = Path("data/models")
+    log_level: str = "INFO"
+    host: str = "0.0.0.0"
+    port: int = 9090
+    workers: int = 1
+    threads: int = 8
+    model: str = DEFAULT_MODEL
+    pipeline: dict[str, Any] = field(default_factory=dict)  # SeediffConfig overrides (method, device, ...)
+    queue_size: int = 256
+    fetch_timeout: float = 20.0
+    max_image_bytes: int = 50 * 2**20
+    max_pixels: int = 80_000_000
+    download_cache_bytes: int = 2**30
+    allowed_hosts: tuple[str, ...] = ()
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> "BackendSettings":
+        """Read the environment; ``overrides`` (None values ignored) win, e.g. from command-line flags.
+        Overrides named after a pipeline setting (``method``, ``device``, ...) go into ``pipeline``."""
+        pipeline = json.loads(_env("SEEDIFF_SETTINGS", default="{}") or "{}")
+        if not isinstance(pipeline, dict):
+            raise ValueError("SEEDIFF_SETTINGS must be a JSON object, e.g. '{\"timestep\": 300}'")
+        for f in dataclasses.fields(SeediffConfig):
+            value = _env(f"SEEDIFF_{f.name.upper()}")
+            if value is not None and f.name != "model":
+                pipeline[f.name] = _parse(value)
+        if (steps := _env("SEEDIFF_STEPS")) is not None:
+            pipeline["inversion_steps"] = int(steps)
+        url = _env("LABEL_STUDIO_URL", "LABEL_STUDIO_HOST")
+        root = _env("LOCAL_FILES_DOCUMENT_ROOT", "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT")
+        values: dict[str, Any] = dict(
+            label_studio_url=url.rstrip("/") if url else None,
+            api_key=_env("LABEL_STUDIO_API_KEY", "LABEL_STUDIO_ACCESS_TOKEN"),
+            local_files_root=Path(root) if root else None,
+            basic_auth_user=_env("BASIC_AUTH_USER"),
+            basic_auth_pass=_env("BASIC_AUTH_PASS"),
+            model_dir=Path(_env("MODEL_DIR", default="data/models")),
+            log_level=_env("LOG_LEVEL", default="INFO").upper(),
+            host=_env("HOST", default="0.0.0.0"),
+            port=int(_env("PORT", default="9090")),
+            workers=int(_env("WORKERS", default="1")),
+            threads=int(_env("THREADS", default="8")),
+            model=_env("SEEDIFF_MODEL", default=DEFAULT_MODEL),
+            pipeline=pipeline,
+            queue_size=int(_env("SEEDIFF_QUEUE_SIZE", default="256")),
+            fetch_timeout=float(_env("SEEDIFF_FETCH_TIMEOUT", default="20")),
+            max_image_bytes=int(_env("SEEDIFF_MAX_IMAGE_BYTES", default=str(50 * 2**20))),
+            max_pixels=int(_env("SEEDIFF_MAX_PIXELS", default="80000000")),
+            download_cache_bytes=int(_env("SEEDIFF_DOWNLOAD_CACHE_BYTES", default=str(2**30))),
+            allowed_hosts=tuple(h.strip().lower() for h in (_env("SEEDIFF_ALLOWED_HOSTS", default="") or "").split(",") if h.strip()),
+        )
+        pipeline_fields = {f.name for f in dataclasses.fields(SeediffConfig)} - {"model"}
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            if key in values:
+                values[key] = value
+            elif key in pipeline_fields:
+                pipeline[key] = value
+            else:
+                raise ValueError(f"unknown backend setting {key!r}")
+        settings = cls(**values)
+        SeediffConfig().replace(**settings.pipeline)  # fail at start-up, not at the first request
+        if bool(settings.basic_auth_user) != bool(settings.basic_auth_pass):
+            raise ValueError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
+        return settings
+
+
+def _parse(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value

@@ -1,0 +1,97 @@
+"""Tune a method's settings for a model on the TUNE split of shapes-world scenes (never the test split).
+
+Coordinate search: each setting in turn tries its candidate values with the others fixed, keeping the
+best mean of mIoU over the "shapes" and "colour-shapes" label variants; repeated for --rounds rounds.
+Writes the winning settings (only those that differ from the library defaults) to
+``<model folder>/seediff.json`` with --write.
+
+    python tools/tune_shapes_world.py --scenes 60 [--method seediff] [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from seediff_core.config import SeediffConfig  # noqa: E402
+from seediff_core.evaluation import evaluate_scenes  # noqa: E402
+from seediff_core.pipeline import Segmenter  # noqa: E402
+from seediff_core.scenes import TUNE_SEEDS  # noqa: E402
+
+SEARCH = {
+    "seediff": {
+        "noise_mode": ["invert", "noise"],
+        "timestep": [50, 100, 200, 300, 500],
+        "factors": [(1, (1,)), (2, (2, 1)), (4, (4, 2, 1)), (2, (1,))],
+        "expansion_threshold": [0.2, 0.3, 0.4, 0.5],
+        "final_threshold": [0.5, 0.65, 0.8],
+        "pamr_iterations": [0, 10, 30, 60],
+        "pamr_std_factor": [0.1, 0.2, 0.4],
+    },
+    "crossattn": {
+        "noise_mode": ["invert", "noise"],
+        "timestep": [50, 100, 200, 300, 500],
+    },
+}
+
+
+def expand(name: str, value) -> dict:
+    if name == "factors":
+        return {"seed_factor": value[0], "expansion_factors": value[1]}
+    return {name: value}
+
+
+def score(segmenter: Segmenter, seeds, settings: dict, size: int) -> float:
+    values = [evaluate_scenes(segmenter, seeds, size, variant, **settings).miou for variant in ("shapes", "colour-shapes")]
+    return sum(values) / len(values)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="shapes-world")
+    parser.add_argument("--method", default="seediff", choices=sorted(SEARCH))
+    parser.add_argument("--scenes", type=int, default=60)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--write", action="store_true", help="write the result to the model's seediff.json")
+    args = parser.parse_args()
+
+    segmenter = Segmenter.from_name(args.model)
+    segmenter.latent_cache.size = 4 * args.scenes  # every scene's latents at every timestep tried stay cached
+    seeds = list(TUNE_SEEDS[: args.scenes])
+    best: dict = {"method": args.method}
+    best_score = score(segmenter, seeds, best, args.size)
+    print(f"start {best_score:.4f} with the model's current settings", flush=True)
+    for round_index in range(args.rounds):
+        for name, values in SEARCH[args.method].items():
+            for value in values:
+                trial = {**best, **expand(name, value)}
+                if trial == best:
+                    continue
+                start = time.perf_counter()
+                value_score = score(segmenter, seeds, trial, args.size)
+                print(f"round {round_index + 1} {name}={value}: {value_score:.4f} ({time.perf_counter() - start:.0f} s)", flush=True)
+                if value_score > best_score + 1e-4:
+                    best, best_score = trial, value_score
+            print(f"-> best so far {best_score:.4f}: {json.dumps(best)}", flush=True)
+    defaults = SeediffConfig().to_dict()
+    final = segmenter.config.replace(**best).to_dict()
+    tuned = {k: v for k, v in final.items() if v != defaults[k] and k not in ("model", "device", "dtype", "method")}
+    print(json.dumps({"score": best_score, "settings": tuned}, indent=2))
+    if args.write:
+        if args.method != "seediff":
+            raise SystemExit("only seediff's settings are written: seediff.json holds one set of settings per model")
+        if segmenter.model.folder is None:
+            raise SystemExit("the model has no local folder to write seediff.json into")
+        path = segmenter.model.folder / "seediff.json"
+        path.write_text(json.dumps(tuned, indent=2) + "\n")
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
