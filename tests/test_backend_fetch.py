@@ -1,0 +1,195 @@
+"""Image fetching rules, against real HTTP servers on 127.0.0.1 (threads in the test process)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from backend.fetch import FetchError, ImageFetcher, TokenProvider, _b64url
+from backend.settings import BackendSettings
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"x" * 100
+
+
+def _jwt(exp: float) -> str:
+    part = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).decode().rstrip("=")  # noqa: E731
+    return f"{part({'alg': 'HS256'})}.{part({'exp': exp, 'token_type': 'refresh'})}.signature"
+
+
+class _Server:
+    """A tiny HTTP server standing in for Label Studio or an image host; records what it received."""
+
+    def __init__(self, routes):
+        self.routes, self.seen = routes, []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                owner.seen.append((self.path, self.headers.get("Authorization")))
+                status, headers, body = owner.routes(self.path, self.headers)
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                if isinstance(body, bytes):
+                    self.wfile.write(body)
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length", 0))
+                owner.seen.append((self.path, json.loads(self.rfile.read(length) or b"{}")))
+                status, headers, body = owner.routes(self.path, self.headers)
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+@pytest.fixture
+def other():
+    server = _Server(lambda path, headers: (200, {}, PNG) if path == "/img.png" else (404, {}, b""))
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def ls(other):
+    access = _jwt(time.time() + 3600)
+
+    def routes(path, headers):
+        if path == "/api/token/refresh/":
+            return 200, {}, json.dumps({"access": access}).encode()
+        if path.startswith("/data/upload/"):
+            ok = headers.get("Authorization") in (f"Bearer {access}", "Token legacy-key")
+            return (200, {"Content-Length": str(len(PNG))}, PNG) if ok else (401, {}, b"")
+        if path.startswith("/tasks/7/presign/"):
+            return 303, {"Location": f"{other.url}/img.png"}, b""
+        if path == "/redirect-to-self":
+            return 302, {"Location": "/data/upload/1/a.png"}, b""
+        if path == "/big":
+            return 200, {"Content-Length": str(10**9)}, b""
+        if path == "/slow":
+            time.sleep(3)
+            return 200, {}, PNG
+        return 404, {}, b""
+
+    server = _Server(routes)
+    server.access = access
+    yield server
+    server.close()
+
+
+def _fetcher(ls, tmp_path, **changes) -> ImageFetcher:
+    values = dict(label_studio_url=ls.url, api_key="legacy-key", model_dir=tmp_path, fetch_timeout=2.0,
+                  max_image_bytes=10_000, download_cache_bytes=0)
+    values.update(changes)
+    return ImageFetcher(BackendSettings(**values))
+
+
+def test_uploads_use_the_legacy_token_only_on_the_label_studio_host(ls, other, tmp_path):
+    fetcher = _fetcher(ls, tmp_path, allowed_hosts=("127.0.0.1",))
+    assert fetcher.fetch("/data/upload/1/a.png") == PNG
+    assert fetcher.fetch("upload/1/a.png") == PNG
+    assert ls.seen[0] == ("/data/upload/1/a.png", "Token legacy-key")
+    assert fetcher.fetch(f"{other.url}/img.png") == PNG
+    assert other.seen[-1] == ("/img.png", None)  # no credentials for another host
+
+
+def test_personal_access_tokens_are_exchanged_for_access_tokens(ls, tmp_path):
+    pat = _jwt(time.time() + 10**9)
+    fetcher = _fetcher(ls, tmp_path, api_key=pat)
+    assert fetcher.fetch("/data/upload/1/a.png") == PNG
+    assert fetcher.fetch("/data/upload/1/b.png") == PNG
+    exchanges = [entry for entry in ls.seen if entry[0] == "/api/token/refresh/"]
+    assert exchanges == [("/api/token/refresh/", {"refresh": pat})]  # exchanged once, reused
+    assert ("/data/upload/1/b.png", f"Bearer {ls.access}") in ls.seen
+
+
+def test_hosts_outside_the_allow_list_are_refused(ls, other, tmp_path):
+    with pytest.raises(FetchError, match="not in SEEDIFF_ALLOWED_HOSTS"):
+        _fetcher(ls, tmp_path).fetch(f"{other.url}/img.png")
+    # "*" admits public hosts only; 127.0.0.1 is not public.
+    with pytest.raises(FetchError, match="not in SEEDIFF_ALLOWED_HOSTS"):
+        _fetcher(ls, tmp_path, allowed_hosts=("*",)).fetch(f"{other.url}/img.png")
+
+
+def test_cloud_uris_are_presigned_and_private_redirects_refused(ls, other, tmp_path):
+    uri = "s3://bucket/images/a.png"
+    with pytest.raises(FetchError, match="no task id"):
+        _fetcher(ls, tmp_path).fetch(uri)
+    with pytest.raises(FetchError, match="redirect to '127.0.0.1"):
+        _fetcher(ls, tmp_path).fetch(uri, task_id=7)  # the presigned target is a private address
+    assert ls.seen[-1][0] == f"/tasks/7/presign/?fileuri={_b64url(uri)}"
+    assert _fetcher(ls, tmp_path, allowed_hosts=("127.0.0.1",)).fetch(uri, task_id=7) == PNG
+
+
+def test_redirects_on_the_label_studio_host_are_followed(ls, tmp_path):
+    assert _fetcher(ls, tmp_path).fetch(f"{ls.url}/redirect-to-self") == PNG
+
+
+def test_errors_name_the_problem(ls, tmp_path):
+    fetcher = _fetcher(ls, tmp_path)
+    with pytest.raises(FetchError, match="HTTP 404") as info:
+        fetcher.fetch("/data/missing.png")
+    assert info.value.status == 404
+    with pytest.raises(FetchError, match="HTTP 401"):
+        _fetcher(ls, tmp_path, api_key="wrong").fetch("/data/upload/1/a.png")
+    with pytest.raises(FetchError, match="exceeds the limit"):
+        fetcher.fetch(f"{ls.url}/big")
+    with pytest.raises(FetchError, match="Timeout"):
+        _fetcher(ls, tmp_path, fetch_timeout=0.5).fetch(f"{ls.url}/slow")
+    with pytest.raises(FetchError, match="unsupported URL scheme"):
+        fetcher.fetch("ftp://x/y.png")
+    with pytest.raises(FetchError, match="LABEL_STUDIO_URL is not set"):
+        _fetcher(ls, tmp_path, label_studio_url=None).fetch("/data/upload/1/a.png")
+
+
+def test_local_files_come_from_disk_inside_the_root_only(ls, tmp_path):
+    root = tmp_path / "files"
+    (root / "ds").mkdir(parents=True)
+    (root / "ds" / "a.png").write_bytes(PNG)
+    fetcher = _fetcher(ls, tmp_path, local_files_root=root)
+    assert fetcher.fetch("/data/local-files/?d=ds/a.png") == PNG
+    assert not any(path.startswith("/data/local-files") for path, _ in ls.seen)
+    with pytest.raises(FetchError, match="leaves LOCAL_FILES_DOCUMENT_ROOT"):
+        fetcher.fetch("/data/local-files/?d=../../etc/passwd")
+
+
+def test_data_urls(ls, tmp_path):
+    fetcher = _fetcher(ls, tmp_path)
+    assert fetcher.fetch("data:image/png;base64," + base64.b64encode(PNG).decode()) == PNG
+    with pytest.raises(FetchError, match="base64"):
+        fetcher.fetch("data:image/png;base64,***")
+    with pytest.raises(FetchError, match="exceeds"):
+        fetcher.fetch("data:image/png;base64," + base64.b64encode(b"x" * 20_000).decode())
+
+
+def test_download_cache_is_reused_and_bounded(ls, tmp_path):
+    fetcher = _fetcher(ls, tmp_path, download_cache_bytes=250)
+    for name in ("a", "b", "c"):
+        assert fetcher.fetch(f"/data/upload/1/{name}.png") == PNG
+    calls = len(ls.seen)
+    assert fetcher.fetch("/data/upload/1/c.png") == PNG
+    assert len(ls.seen) == calls  # served from the cache
+    cached = list(Path(tmp_path / "downloads").iterdir())
+    assert sum(p.stat().st_size for p in cached) <= 250 and len(cached) == 2  # the oldest was evicted
+
+
+def test_token_provider_without_key_sends_nothing():
+    assert TokenProvider("http://x", None, 1).header() == {}
+    assert TokenProvider("http://x", "plain", 1).header() == {"Authorization": "Token plain"}

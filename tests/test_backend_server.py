@@ -1,0 +1,158 @@
+"""The ML-backend protocol through Flask's test client, on the tiny model (real model, real app)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from backend.rle import rle_to_mask
+from backend.server import create_app
+from backend.settings import BackendSettings
+from seediff_core.scenes import make_scene, render
+
+SMALL = {"seed_factor": 2, "expansion_factors": [2, 1], "inversion_steps": 2}
+CONFIG = ('<View><Image name="image" value="$image"/>'
+          '<BrushLabels name="tag" toName="image"><Label value="Cat" predicted_values="cat"/><Label value="Dog"/></BrushLabels>'
+          '<PolygonLabels name="poly" toName="image"><Label value="Cat"/></PolygonLabels></View>')
+
+
+def _url(width=200, height=150, seed=1) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(render(make_scene(seed), 256).image).resize((width, height)).save(buffer, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _settings(tiny_model_dir, tmp_path, **changes) -> BackendSettings:
+    values = dict(model=str(tiny_model_dir), model_dir=tmp_path, pipeline=dict(SMALL, device="cpu"))
+    values.update(changes)
+    return BackendSettings(**values)
+
+
+def _ready(client, timeout=60):
+    deadline = time.time() + timeout
+    while client.get("/health").json["model_state"] == "loading" and time.time() < deadline:
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def client(tiny_model_dir, tmp_path):
+    client = create_app(_settings(tiny_model_dir, tmp_path)).test_client()
+    _ready(client)
+    return client
+
+
+def _predict(client, tasks, context=None, project="4.1700000000"):
+    return client.post("/predict", json={"tasks": tasks, "project": project, "label_config": CONFIG,
+                                         "params": {"login": None, "password": None, "context": context}})
+
+
+def test_health_setup_versions_and_metrics(client):
+    health = client.get("/health").json
+    assert health["status"] == "UP" and health["model_state"] == "ready" and client.get("/").json == health
+    setup = client.post("/setup", json={"project": "4.1700000000", "schema": CONFIG, "extra_params": None})
+    version = setup.json["model_version"]
+    assert setup.status_code == 200 and version.startswith("seediff-seediff-")
+    assert client.post("/versions", json={"project": "4"}).json["versions"] == [version]
+    metrics = client.get("/metrics").json
+    assert metrics["model_state"] == "ready" and metrics["queue"]["capacity"] == 256
+
+
+def test_one_bad_image_fails_only_its_own_task(client):
+    tasks = [{"id": 1, "data": {"image": _url()}}, {"id": 2, "data": {"image": "data:image/png;base64,AAAA"}},
+             {"id": 3, "data": {"picture": "elsewhere"}}, {"id": 4, "data": {"image": _url(90, 130, seed=2)}}]
+    response = _predict(client, tasks)
+    assert response.status_code == 200
+    results = response.json["results"]
+    assert len(results) == 4 and results[1] == [] and results[2] == []
+    for prediction, (width, height) in ((results[0], (200, 150)), (results[3], (90, 130))):
+        assert prediction["model_version"] == response.json["model_version"]
+        assert 0 <= prediction["score"] <= 1
+        brush = [r for r in prediction["result"] if r["type"] == "brushlabels"]
+        assert brush, prediction
+        for region in brush:
+            assert (region["original_width"], region["original_height"]) == (width, height)
+            mask = rle_to_mask(region["value"]["rle"], height, width)
+            assert set(np.unique(mask)) <= {0, 255} and mask.any()
+    metrics = client.get("/metrics").json
+    assert metrics["tasks_ok"] == 2 and metrics["tasks_failed"] == 2
+
+
+def test_interactive_clicks_refine_only_the_clicked_label(client):
+    context = {"result": [
+        {"type": "keypointlabels", "from_name": "kp", "to_name": "image", "is_positive": True,
+         "value": {"x": 30.0, "y": 40.0, "width": 1.0, "keypointlabels": ["Dog"]}},
+        {"type": "rectanglelabels", "from_name": "box", "to_name": "image",
+         "value": {"x": 10.0, "y": 10.0, "width": 50.0, "height": 60.0, "rectanglelabels": ["Dog"]}},
+    ]}
+    response = _predict(client, [{"id": 9, "data": {"image": _url()}}], context)
+    (prediction,) = response.json["results"]
+    assert prediction["result"], prediction
+    for region in prediction["result"]:
+        assert region["value"]["brushlabels"] == ["Dog"]
+        mask = rle_to_mask(region["value"]["rle"], 150, 200) > 0
+        ys, xs = np.nonzero(mask)
+        assert xs.max() <= 0.6 * 200 + 3 and ys.max() <= 0.7 * 150 + 3  # inside the box
+
+
+def test_extra_params_change_settings_and_version_and_are_validated(client):
+    plain = client.post("/setup", json={"project": "5.1", "schema": CONFIG, "extra_params": {}}).json["model_version"]
+    tuned = client.post("/setup", json={"project": "5.1", "schema": CONFIG,
+                                        "extra_params": {"t": 150, "prompts": {"Dog": ["puppy"]}}}).json["model_version"]
+    assert plain != tuned and "-t150-" in tuned
+    response = _predict(client, [{"id": 1, "data": {"image": _url()}}], project="5.1")
+    assert response.json["results"][0]["model_version"] == tuned
+    bad = client.post("/setup", json={"project": "6.1", "schema": CONFIG, "extra_params": {"final_treshold": 0.5}})
+    assert bad.status_code == 400 and "final_treshold" in bad.json["detail"]
+
+
+def test_configs_without_image_segmentation_get_a_clear_400(client):
+    config = '<View><Text name="t" value="$text"/><Labels name="l" toName="t"><Label value="A"/></Labels></View>'
+    response = client.post("/predict", json={"tasks": [{"id": 1, "data": {"text": "x"}}], "project": "8.1",
+                                             "label_config": config})
+    assert response.status_code == 400 and "BrushLabels" in response.json["detail"]
+    assert client.post("/predict", json={"tasks": []}).status_code == 400
+
+
+def test_webhook_answers_at_once(client):
+    assert client.post("/webhook", json={"action": "PROJECT_UPDATED"}).status_code == 200
+    started = time.perf_counter()
+    response = client.post("/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": 4}, "annotation": {}})
+    assert response.status_code == 201 and time.perf_counter() - started < 1.0
+
+
+def test_basic_auth(tiny_model_dir, tmp_path):
+    app = create_app(_settings(tiny_model_dir, tmp_path, basic_auth_user="ls", basic_auth_pass="s3cret"))
+    client = app.test_client()
+    assert client.get("/health").status_code == 401
+    assert client.get("/health", headers={"Authorization": "Basic " + base64.b64encode(b"ls:wrong").decode()}).status_code == 401
+    ok = client.get("/health", headers={"Authorization": "Basic " + base64.b64encode(b"ls:s3cret").decode()})
+    assert ok.status_code == 200 and ok.json["status"] == "UP"
+
+
+def test_a_full_queue_answers_503_with_retry_after(tiny_model_dir, tmp_path):
+    app = create_app(_settings(tiny_model_dir, tmp_path, queue_size=1))
+    client = app.test_client()
+    _ready(client)
+    gate = threading.Event()
+    app.config["runtime"].worker.submit([gate.wait])  # the one slot is taken
+    try:
+        response = _predict(client, [{"id": 1, "data": {"image": _url()}}])
+        assert response.status_code == 503 and int(response.headers["Retry-After"]) >= 1
+    finally:
+        gate.set()
+
+
+def test_health_answers_while_the_model_loads(tmp_path):
+    app = create_app(BackendSettings(model="shapes-world", model_dir=tmp_path, pipeline={"device": "cpu"}))
+    started = time.perf_counter()
+    health = app.test_client().get("/health")
+    assert health.status_code == 200 and time.perf_counter() - started < 1.0
+    assert health.json["model_state"] in ("loading", "ready")
+    setup = app.test_client().post("/setup", json={"project": "1.1", "schema": CONFIG})
+    assert setup.status_code == 200 and "shapes-world" in setup.json["model_version"]

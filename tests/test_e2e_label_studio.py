@@ -1,0 +1,199 @@
+"""End to end against a REAL Label Studio (label-studio 1.23.2 from PyPI, in its own venv).
+
+Starts Label Studio on 127.0.0.1 with SQLite in a temporary folder, and the backend (``seediff
+serve``) on the shipped shapes-world model, authenticated with a Personal Access Token. Creates a
+BrushLabels and a PolygonLabels project through label-studio-sdk, imports shapes-world scenes plus
+one broken image, connects the backend, runs "Retrieve predictions", and checks what Label Studio
+stored. Label Studio comes from SEEDIFF_LABEL_STUDIO (its ``label-studio`` executable) or the
+repository's ``.ls-venv`` (which ``.ci/run`` prepares; created here if missing).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from seediff_core.evaluation import iou
+from seediff_core.scenes import TEST_SEEDS, make_scene, render
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "seediff-e2e-token"
+SIZE = 256
+IOU_FLOOR = 0.5
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _label_studio_executable() -> Path:
+    given = os.environ.get("SEEDIFF_LABEL_STUDIO")
+    if given:
+        return Path(given)
+    venv = ROOT / ".ls-venv"
+    exe = venv / "bin" / "label-studio"
+    if not exe.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "label-studio==1.23.2"], check=True, timeout=1800)
+    return exe
+
+
+def _wait(url: str, ready, timeout: float, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url}: the process exited ({process.returncode}):\n{log.read_text()[-3000:]}")
+        try:
+            response = requests.get(url, timeout=2)
+            if response.status_code == 200 and ready(response.json()):
+                return
+        except (requests.RequestException, ValueError):
+            pass
+        time.sleep(2)
+    raise TimeoutError(f"{url} not ready after {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def label_studio(tmp_path_factory):
+    home = tmp_path_factory.mktemp("label-studio")
+    port = _free_port()
+    env = dict(
+        os.environ,
+        LABEL_STUDIO_BASE_DATA_DIR=str(home / "data"),
+        LABEL_STUDIO_USERNAME="admin@example.com",
+        LABEL_STUDIO_PASSWORD="seediff-e2e-password",
+        LABEL_STUDIO_USER_TOKEN=TOKEN,
+        LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true",
+        # The backend runs on 127.0.0.1: Label Studio's SSRF guards would refuse it.
+        ML_BLOCK_LOCAL_IP="false",
+        SSRF_PROTECTION_ENABLED="false",
+        LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK="true",
+    )
+    log = home / "label-studio.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [str(_label_studio_executable()), "start", "--no-browser", "--internal-host", "127.0.0.1", "-p", str(port)],
+            env=env, stdout=out, stderr=subprocess.STDOUT, cwd=home,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait(f"{url}/health", lambda body: body.get("status") == "UP", 600, process, log)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+@pytest.fixture(scope="module")
+def pat(label_studio) -> str:
+    response = requests.post(f"{label_studio}/api/token/", headers={"Authorization": f"Token {TOKEN}"}, timeout=30)
+    response.raise_for_status()
+    return response.json()["token"]
+
+
+@pytest.fixture(scope="module")
+def backend(label_studio, pat, tmp_path_factory):
+    home = tmp_path_factory.mktemp("backend")
+    port = _free_port()
+    env = dict(os.environ, LABEL_STUDIO_URL=label_studio, LABEL_STUDIO_API_KEY=pat, MODEL_DIR=str(home / "models"),
+               LOG_LEVEL="INFO", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), HF_HUB_OFFLINE="1")
+    log = home / "backend.log"
+    exe = shutil.which("seediff", path=str(Path(sys.executable).parent)) or "seediff"
+    with open(log, "w") as out:
+        # SEEDIFF_E2E_MODEL only helps debug this harness; the quality floor holds for shapes-world.
+        model = os.environ.get("SEEDIFF_E2E_MODEL", "shapes-world")
+        process = subprocess.Popen([exe, "serve", "--host", "127.0.0.1", "--port", str(port), "--model", model],
+                                   env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait(f"{url}/health", lambda body: body.get("model_state") == "ready", 300, process, log)
+        yield url, log
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def _scenes():
+    """Held-out scenes with two different shapes each, as PNG files."""
+    picked = []
+    for seed in TEST_SEEDS[100:]:
+        scene = make_scene(seed)
+        if len(scene.objects) == 2 and len({o.shape for o in scene.objects}) == 2:
+            picked.append(render(scene, SIZE))
+        if len(picked) == 3:
+            return picked
+    raise AssertionError("not enough scenes")
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _decode(region: dict) -> np.ndarray:
+    from label_studio_sdk.converter.brush import decode_rle
+
+    height, width = region["original_height"], region["original_width"]
+    if region["type"] == "brushlabels":
+        return np.reshape(decode_rle(region["value"]["rle"]), (height, width, 4))[:, :, 3] > 0
+    points = np.array(region["value"]["points"]) / 100 * [width, height]
+    mask = np.zeros((height, width), np.uint8)
+    cv2.fillPoly(mask, [np.round(points - 0.5).astype(np.int32)], 1)
+    return mask > 0
+
+
+@pytest.mark.parametrize("tag", ["BrushLabels", "PolygonLabels"])
+def test_retrieve_predictions_in_a_real_label_studio(label_studio, backend, tag):
+    from label_studio_sdk import LabelStudio
+
+    backend_url, backend_log = backend
+    client = LabelStudio(base_url=label_studio, api_key=TOKEN)
+    labels = ["circle", "square", "triangle", "star"]
+    config = (f'<View><Image name="image" value="$image"/><{tag} name="label" toName="image">'
+              + "".join(f'<Label value="{label}"/>' for label in labels) + f"</{tag}></View>")
+    project = client.projects.create(title=f"seediff e2e {tag}", label_config=config)
+    scenes = _scenes()
+    files = {f"file{i}": (f"scene{i}.png", _png(r.image), "image/png") for i, r in enumerate(scenes)}
+    files["broken"] = ("broken.png", b"\x89PNG\r\n\x1a\n not an image", "image/png")
+    imported = requests.post(f"{label_studio}/api/projects/{project.id}/import", files=files,
+                             headers={"Authorization": f"Token {TOKEN}"}, timeout=60)
+    assert imported.status_code == 201, imported.text
+    ml = client.ml.create(project=project.id, url=backend_url, title="seediff", is_interactive=True)
+    assert ml.state == "CO", ml
+    assert ml.model_version and ml.model_version.startswith("seediff-seediff-")
+
+    client.actions.create(id="retrieve_tasks_predictions", project=project.id, selected_items={"all": True, "excluded": []})
+
+    tasks = {Path(t.data["image"]).name.split("-", 1)[-1]: t for t in client.tasks.list(project=project.id)}
+    assert len(tasks) == 4
+    broken = list(client.predictions.list(task=tasks["broken.png"].id))
+    assert broken == []
+    assert "broken.png" in backend_log.read_text()  # logged with its task, the batch went on
+    for i, rendered in enumerate(scenes):
+        (prediction,) = list(client.predictions.list(task=tasks[f"scene{i}.png"].id))
+        assert prediction.model_version == ml.model_version
+        assert 0 <= prediction.score <= 1
+        for region in prediction.result:
+            assert region["type"] == tag.lower() and region["from_name"] == "label" and region["to_name"] == "image"
+            assert (region["original_width"], region["original_height"]) == (SIZE, SIZE)
+        for shape in {o.shape for o in rendered.scene.objects}:
+            predicted = np.zeros((SIZE, SIZE), bool)
+            for region in prediction.result:
+                if region["value"][tag.lower()] == [shape]:
+                    predicted |= _decode(region)
+            assert iou(predicted, rendered.label_mask(shape)) >= IOU_FLOOR, (tag, i, shape)
