@@ -12,10 +12,10 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
-from seediff_core.config import make_config
 from seediff_core.hints import Hints
 from seediff_core.images import ImageError, load_image
 from seediff_core.models import resolve_source
+from seediff_core.pipeline import resolve_config
 
 from .controls import ImageTarget
 from .fetch import ImageFetcher
@@ -64,16 +64,19 @@ class Runtime:
         self._fetch_pool = ThreadPoolExecutor(4, thread_name_prefix="seediff-fetch")
         # Settings (library defaults < the model folder's seediff.json < env) are known before the
         # weights load, so /setup can answer with a model version at once.
-        folder = resolve_source(settings.model)[1]
-        self.base_config = make_config(model=settings.model, model_dir=folder, **settings.pipeline)
+        self.model_folder = resolve_source(settings.model)[1]
+        self.base_config = self.config(settings.pipeline)
         self.model = ModelHolder(self._load)
+
+    def config(self, params: dict[str, Any]):
+        return resolve_config(self.settings.model, self.model_folder, {**self.settings.pipeline, **params})
 
     def _load(self):
         from seediff_core.models import load_model
         from seediff_core.pipeline import Segmenter
 
         loaded = load_model(self.settings.model, self.base_config.device, self.base_config.dtype)
-        return Segmenter(loaded, self.base_config)
+        return Segmenter(loaded, **self.settings.pipeline)
 
     # ------------------------------------------------------------------ per project
 
@@ -93,13 +96,13 @@ class Runtime:
         if "t" in params:
             params["timestep"] = params.pop("t")
         params.pop("model", None)  # one model per process: set SEEDIFF_MODEL instead
-        self.base_config.replace(**params)  # validates
+        self.config(params)  # validates
         return params, words
 
     def model_version(self, extra_params: dict[str, Any] | None) -> str:
         """Names the method, model and settings, so Label Studio re-predicts when any changes."""
         params, words = self.overrides(extra_params)
-        config = self.base_config.replace(**params).to_dict()
+        config = self.config(params).to_dict()
         for key in ("device", "dtype", "model", "attention_chunk", "latent_cache_size"):
             config.pop(key)
         digest = hashlib.sha256(json.dumps([config, words], sort_keys=True).encode()).hexdigest()[:8]

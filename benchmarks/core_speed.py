@@ -169,7 +169,7 @@ def main() -> None:
     device = model.device
     labels = ["cat", "dog", "bird", "person", "car", "tree"][: args.labels]
     config = SeediffConfig(inversion_steps=args.steps, timestep=200)
-    segmenter = Segmenter(model, config.replace(latent_cache_size=0))
+    segmenter = Segmenter(model, inversion_steps=args.steps, timestep=200, latent_cache_size=0)
     pixels = torch.rand(1, 3, 512, 512, device=device, dtype=dtype) * 2 - 1
     latents = torch.randn(1, 4, 64, 64, device=device, dtype=dtype)
     context = torch.randn(1, 77, 768, device=device, dtype=dtype)

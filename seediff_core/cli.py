@@ -89,8 +89,7 @@ def _settings_options(func):
 
 
 def build_segmenter(model: str, extra: tuple[str, ...], **settings: Any):
-    """Load the model once and build a segmenter with its tuned settings plus the given ones."""
-    from .config import make_config
+    """Load the model once and build a segmenter with the given settings."""
     from .models import load_model
     from .pipeline import Segmenter
 
@@ -102,8 +101,8 @@ def build_segmenter(model: str, extra: tuple[str, ...], **settings: Any):
             settings[name.strip()] = json.loads(value)
         except json.JSONDecodeError:
             settings[name.strip()] = value
-    loaded = load_model(model, settings.get("device"), settings.get("dtype"))
-    return Segmenter(loaded, make_config(model=model, model_dir=loaded.folder, **settings))
+    settings = {k: v for k, v in settings.items() if v is not None}
+    return Segmenter(load_model(model, settings.get("device"), settings.get("dtype")), **settings)
 
 
 @main.command()

@@ -1,7 +1,7 @@
 """Every setting of the pipeline in one frozen dataclass.
 
-Precedence when building one: library defaults < the model folder's ``seediff.json`` (settings
-tuned for that model, e.g. the shapes-world model's smaller maps) < values the caller passes.
+Precedence when building one (``make_config``): library defaults < the method's own defaults < the
+model folder's ``seediff.json`` (settings tuned for that model, per method) < the caller's values.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -90,12 +91,30 @@ class SeediffConfig:
         return out
 
 
-def make_config(model: str | None = None, model_dir: str | Path | None = None, **overrides: Any) -> SeediffConfig:
-    """Defaults, then ``model_dir/seediff.json`` if present, then ``overrides`` (None values skipped)."""
-    config = SeediffConfig() if model is None else SeediffConfig(model=model)
+def make_config(
+    model: str | None = None,
+    model_dir: str | Path | None = None,
+    method_defaults: Mapping[str, Mapping[str, Any]] | None = None,
+    **overrides: Any,
+) -> SeediffConfig:
+    """Settings in layers, each over the one before (None values in ``overrides`` are skipped):
+
+    1. the library defaults (SeeDiff's reference values);
+    2. ``method_defaults[method]``: the method's own paper settings (e.g. DiffSeg's clean latent at t=300);
+    3. ``model_dir/seediff.json``: its top-level settings, then its section for the method
+       (``{"timestep": 150, "diffseg": {"timestep": 300}}``), tuned for that model;
+    4. ``overrides``, the caller's.
+    """
+    tuned: dict[str, Any] = {}
     if model_dir is not None and (Path(model_dir) / "seediff.json").is_file():
-        config = config.replace(**json.loads((Path(model_dir) / "seediff.json").read_text()))
-    return config.replace(**{k: v for k, v in overrides.items() if v is not None})
+        tuned = json.loads((Path(model_dir) / "seediff.json").read_text())
+    fields = {f.name for f in dataclasses.fields(SeediffConfig)}
+    common = {k: v for k, v in tuned.items() if k in fields}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    method = given.get("method") or common.get("method") or SeediffConfig.method
+    section = tuned.get(method, {}) if isinstance(tuned.get(method), dict) else {}
+    layers = {**(method_defaults or {}).get(method, {}), **common, **section, **given}
+    return (SeediffConfig() if model is None else SeediffConfig(model=model)).replace(**layers)
 
 
 def _validate(config: SeediffConfig) -> None:

@@ -14,6 +14,7 @@ image through every stage:
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,7 +31,7 @@ from .hints import Hints
 from .images import PreparedImage, load_image, prepare_image, to_original
 from .latents import LatentCache, add_noise, ddim_invert, encode_image
 from .maps import collect_maps
-from .methods import get_method
+from .methods import get_method, method_defaults
 from .models import DiffusionModel, load_model
 from .prompts import build_prompts
 from .results import LabelMask, SegmentationResult
@@ -38,20 +39,35 @@ from .results import LabelMask, SegmentationResult
 ImageInput = str | Path | bytes | Image.Image
 
 
+def resolve_config(model: str, model_dir: Path | None, settings: Mapping[str, Any]) -> SeediffConfig:
+    """The settings for a run: library < method < the model's seediff.json < ``settings``."""
+    return make_config(model=model, model_dir=model_dir, method_defaults=method_defaults(), **settings)
+
+
 class Segmenter:
     """Segments images into one mask per label with a loaded model.
 
     Args:
         model (`DiffusionModel`): from ``load_model``.
-        config (`SeediffConfig`, *optional*): defaults to the library defaults overlaid with the
-            model folder's ``seediff.json``.
+        **settings: ``SeediffConfig`` fields for every call, over the method's defaults and the
+            model folder's ``seediff.json``; each call may override them again.
     """
 
-    def __init__(self, model: DiffusionModel, config: SeediffConfig | None = None):
+    def __init__(self, model: DiffusionModel, **settings: Any):
         self.model = model
-        self.config = config or make_config(model=model.name, model_dir=model.folder)
+        self.settings = dict(settings)
+        self._configs: dict[str, SeediffConfig] = {}
+        self.config = self.config_for()  # validates the settings now, not at the first image
         self._latents = LatentCache(self.config.latent_cache_size)
         self._text: dict[str, torch.Tensor] = {}
+
+    def config_for(self, **settings: Any) -> SeediffConfig:
+        """The resolved settings of a call with ``settings`` (cached)."""
+        merged = {**self.settings, **{k: v for k, v in settings.items() if v is not None}}
+        key = json.dumps(merged, sort_keys=True, default=str)
+        if key not in self._configs:
+            self._configs[key] = resolve_config(self.model.name, self.model.folder, merged)
+        return self._configs[key]
 
     @property
     def latent_cache(self) -> LatentCache:
@@ -60,9 +76,8 @@ class Segmenter:
 
     @classmethod
     def from_name(cls, model: str = "shapes-world", **settings: Any) -> "Segmenter":
-        """Load ``model`` and build a segmenter with its tuned settings plus ``settings``."""
-        loaded = load_model(model, settings.get("device"), settings.get("dtype"))
-        return cls(loaded, make_config(model=model, model_dir=loaded.folder, **settings))
+        """Load ``model`` (once per process) and build a segmenter with ``settings``."""
+        return cls(load_model(model, settings.get("device"), settings.get("dtype")), **settings)
 
     def segment(
         self,
@@ -88,7 +103,7 @@ class Segmenter:
             ImageError: the image cannot be read.
             ValueError: bad labels or settings.
         """
-        config = self.config.replace(**settings) if settings else self.config
+        config = self.config_for(**settings)
         timings: dict[str, float] = {}
         clock = _Clock(timings, self.model.device)
 

@@ -46,3 +46,14 @@ def test_model_folder_settings_sit_between_defaults_and_overrides(tmp_path):
     config = make_config(model="m", model_dir=tmp_path, timestep=300, method=None)
     assert (config.model, config.seed_factor, config.expansion_factors, config.timestep) == ("m", 2, (2, 1), 300)
     assert make_config(model_dir=tmp_path / "missing").seed_factor == 4
+
+
+def test_method_defaults_and_per_method_sections(tmp_path):
+    (tmp_path / "seediff.json").write_text(json.dumps({"timestep": 150, "diffseg": {"noise_mode": "noise"}}))
+    defaults = {"diffseg": {"noise_mode": "clean", "timestep": 300}}
+    seediff = make_config(model_dir=tmp_path, method_defaults=defaults)
+    assert (seediff.method, seediff.noise_mode, seediff.timestep) == ("seediff", "invert", 150)
+    diffseg = make_config(model_dir=tmp_path, method_defaults=defaults, method="diffseg")
+    # the method's default (t=300) < the model's common setting (150) < the model's diffseg section
+    assert (diffseg.noise_mode, diffseg.timestep) == ("noise", 150)
+    assert make_config(model_dir=tmp_path, method_defaults=defaults, method="diffseg", timestep=10).timestep == 10

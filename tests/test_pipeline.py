@@ -21,7 +21,7 @@ SMALL = {"seed_factor": 2, "expansion_factors": (2, 1)}
 
 @pytest.fixture(scope="module")
 def segmenter(tiny_model):
-    return Segmenter(tiny_model, Segmenter(tiny_model).config.replace(**SMALL))
+    return Segmenter(tiny_model, **SMALL)
 
 
 def _photo(width=333, height=517, seed=1) -> Image.Image:
@@ -60,7 +60,7 @@ def test_exif_rotated_input_gives_masks_aligned_with_the_rotated_image(segmenter
 
 
 def test_second_prediction_with_other_labels_does_not_invert_again(tiny_model):
-    segmenter = Segmenter(tiny_model, Segmenter(tiny_model).config.replace(**SMALL))
+    segmenter = Segmenter(tiny_model, **SMALL)
     photo = _photo(seed=5)
     segmenter.segment(photo, ["cat"])
     misses = segmenter.latent_cache.misses

@@ -9,6 +9,11 @@ from .seediff import SeeDiff
 METHODS: dict[str, type] = {SeeDiff.name: SeeDiff, CrossAttentionBaseline.name: CrossAttentionBaseline}
 
 
+def method_defaults() -> dict[str, dict]:
+    """Each method's own default settings, by name."""
+    return {name: dict(getattr(cls, "defaults", {})) for name, cls in METHODS.items()}
+
+
 def get_method(name: str) -> Method:
     """The method registered as ``name``; ValueError lists the available ones."""
     if name not in METHODS:
@@ -16,4 +21,4 @@ def get_method(name: str) -> Method:
     return METHODS[name]()
 
 
-__all__ = ["METHODS", "Method", "MethodOutput", "get_method"]
+__all__ = ["METHODS", "Method", "MethodOutput", "get_method", "method_defaults"]

@@ -31,6 +31,8 @@ class Method(Protocol):
     """A method names the attention layers it reads and turns their maps into masks."""
 
     name: ClassVar[str]
+    # The method's own settings (its paper's), applied under the model's tuned ones and the caller's.
+    defaults: ClassVar[dict] = {}
 
     def layers(self, available: list[Layer], config: SeediffConfig) -> set[str]:
         """Names of the layers to capture, chosen from ``available`` (execution order)."""
