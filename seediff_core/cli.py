@@ -142,6 +142,100 @@ def segment(images: tuple[Path, ...], labels: tuple[str, ...], out: Path, model:
         sys.exit(1)
 
 
+@main.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--labels", multiple=True, required=True, help="Label names (space- or comma-separated).")
+@click.option("--out", default="seediff-heatmaps", show_default=True, type=click.Path(path_type=Path))
+@_settings_options
+def heatmap(images: tuple[Path, ...], labels: tuple[str, ...], out: Path, model: str, extra: tuple[str, ...], **settings):
+    """DAAM-style cross-attention heat maps of each label over each IMAGE.
+
+    Writes DIR/<image stem>/<label>.png (the heat map over the photo) and <label>.heat.png (the
+    map alone, 8-bit, original size): what the model looked at for each word.
+    """
+    import numpy as np
+    import torch
+    from PIL import Image
+    from tqdm import tqdm
+
+    from .images import ImageError, load_image
+    from .overlay import draw_heatmap
+
+    labels = tuple(part.strip() for label in labels for part in label.split(",") if part.strip())
+    settings["method"] = "crossattn"
+    try:
+        segmenter = build_segmenter(model, extra, **settings)
+    except (ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    failures = 0
+    stems: set[str] = set()
+    for path in tqdm(images, desc="heatmap", unit="image", disable=len(images) < 2, file=sys.stderr):
+        folder = out / _unique_stem(path.stem, stems)
+        try:
+            picture = load_image(path)
+            result = segmenter.segment(picture, labels)
+            folder.mkdir(parents=True, exist_ok=True)
+            used: set[str] = set()
+            for item in result.masks:
+                heat = torch.from_numpy(item.soft)[None, None]
+                heat = torch.nn.functional.interpolate(heat, size=(result.height, result.width), mode="bilinear")[0, 0].numpy()
+                name = _unique_stem(safe_filename(item.label), used)
+                Image.fromarray(draw_heatmap(np.asarray(picture), heat, caption=item.label)).save(folder / f"{name}.png")
+                Image.fromarray((heat.clip(0, 1) * 255).astype(np.uint8)).save(folder / f"{name}.heat.png")
+        except (ImageError, ValueError) as exc:
+            failures += 1
+            click.echo(f"error: {path}: {exc}", err=True)
+    click.echo(f"{len(images) - failures} of {len(images)} image(s) written to {out}", err=True)
+    if failures:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--labels", multiple=True, required=True, help="Labels to generate (space- or comma-separated).")
+@click.option("--per-label", type=int, default=50, show_default=True, help="Images per label.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Dataset folder (resumable).")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="'shapes-world', a local SD folder, or a hub id.")
+@click.option("--method", default=None, help="Segmentation method (default: seediff).")
+@click.option("--sampling-steps", type=int, default=50, show_default=True, help="DDIM steps of generation.")
+@click.option("--guidance", type=float, default=7.0, show_default=True, help="Classifier-free guidance scale.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the first image.")
+@click.option("--device", default=None)
+@click.option("--dtype", default=None)
+@click.option("--set", "extra", multiple=True, metavar="NAME=VALUE", help="Any other setting (JSON values).")
+@click.option("--to-label-studio", "project_id", type=int, default=None,
+              help="Also import into this Label Studio project as tasks with predictions "
+                   "(needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY, and the backend extra).")
+def synth(labels, per_label, out, model, method, sampling_steps, guidance, seed, device, dtype, extra, project_id):
+    """Generate images from text with masks: a VOC-style folder and a COCO JSON.
+
+    Each image is sampled from "a photo of a <label>" with guidance while the attention is captured;
+    the method turns it into the label's mask. Existing samples are kept, so a stopped run resumes.
+    """
+    from tqdm import tqdm
+
+    from .synth import Synthesizer, write_dataset
+
+    labels = tuple(part.strip() for label in labels for part in label.split(",") if part.strip())
+    try:
+        segmenter = build_segmenter(model, extra, method=method, device=device, dtype=dtype)
+    except (ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    synthesizer = Synthesizer(segmenter, steps=sampling_steps, guidance=guidance)
+    with tqdm(total=per_label * len(labels), desc="synth", unit="image", file=sys.stderr) as bar:
+        counts = write_dataset(out, synthesizer, labels, per_label, seed=seed, progress=bar.update)
+    click.echo(f"{counts['generated']} generated, {counts['skipped']} already there: {counts['total']} in {out}", err=True)
+    if project_id is not None:
+        try:
+            from backend.publish import import_dataset
+        except ImportError as exc:
+            raise click.ClickException(f"--to-label-studio needs the backend extra: pip install 'seediff[backend]' ({exc})")
+        try:
+            imported = import_dataset(out, project_id)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"{imported} imported into Label Studio project {project_id}", err=True)
+
+
 def write_result(folder: Path, picture, result, source: Path | None = None) -> None:
     """Write one image's masks, overlay and result.json (the stable output layout)."""
     import numpy as np

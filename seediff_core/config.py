@@ -41,6 +41,7 @@ class SeediffConfig:
     timestep: int = 200
     inversion_steps: int = 10
     noise_seed: int = 0
+    noise_draws: int = 1  # "noise" mode: average the attention over this many draws (T2M uses 10 on VOC)
 
     # Prompt: "{labels}" becomes "a cat, a dog and a bird". Synonyms add prompt words whose maps
     # are averaged into their label's map.
@@ -63,6 +64,23 @@ class SeediffConfig:
     pamr_std_factor: float = 0.2
     final_threshold: float = 0.8
 
+    # DiffSeg (official code's defaults; the COCO-Stuff benchmark used thresholds of 1.1)
+    diffseg_anchors: int = 16  # anchors per side
+    diffseg_kl_thresholds: tuple[float, ...] = (0.9, 0.9, 0.9)  # one per merging iteration
+    diffseg_kmeans: bool = False
+    diffseg_vote_threshold: float = 1.0  # a segment's label needs this ratio to the label's mean
+
+    # DiffuMask-style (PSA's random walk on self-attention instead of a trained AffinityNet)
+    diffumask_affinity_factor: int = 2  # self-attention grid of the walk (32x32 on SD1.5)
+    diffumask_beta: float = 16.0  # affinity sharpening (PSA/DiffuMask beta)
+    diffumask_walk_log_steps: int = 8  # 2**8 steps (PSA's logt)
+
+    # T2M (Text2Mask's VOC defaults; COCO used tau 0.35 and box threshold 0.5)
+    t2m_background_words: tuple[str, ...] = ("tree", "river", "sea", "lake", "water", "railway", "railroad",
+                                             "track", "stone", "rocks")
+    t2m_tau: float = 0.5  # background score (2 tau - max)^2
+    t2m_box_threshold: float = 0.2  # class-aware boxes around parts above this fraction of the max
+
     # Capture: queries per chunk when materialising attention probabilities.
     attention_chunk: int = 1024
     # Inversion results kept in memory (image hash + settings -> latent).
@@ -72,6 +90,9 @@ class SeediffConfig:
         # JSON and CLI give lists and plain strings; keep the frozen config hashable-friendly.
         object.__setattr__(self, "expansion_factors", tuple(int(v) for v in self.expansion_factors))
         object.__setattr__(self, "pamr_dilations", tuple(int(v) for v in self.pamr_dilations))
+        object.__setattr__(self, "diffseg_kl_thresholds", tuple(float(v) for v in self.diffseg_kl_thresholds))
+        words = self.t2m_background_words
+        object.__setattr__(self, "t2m_background_words", (words,) if isinstance(words, str) else tuple(words))
         object.__setattr__(
             self, "synonyms", {str(k): (v,) if isinstance(v, str) else tuple(v) for k, v in self.synonyms.items()}
         )
@@ -122,6 +143,8 @@ def _validate(config: SeediffConfig) -> None:
         raise ValueError(f"noise_mode={config.noise_mode!r}; expected one of {NOISE_MODES}")
     if not 0 <= config.timestep < 1000:
         raise ValueError(f"timestep={config.timestep} is outside 0..999")
+    if config.noise_draws < 1:
+        raise ValueError(f"noise_draws={config.noise_draws}; need at least 1")
     if config.inversion_steps < 1:
         raise ValueError(f"inversion_steps={config.inversion_steps}; need at least 1")
     if "{labels}" not in config.prompt_template:
@@ -135,5 +158,7 @@ def _validate(config: SeediffConfig) -> None:
                          f"expansion {config.expansion_factors}")
     if list(config.expansion_factors) != sorted(config.expansion_factors, reverse=True):
         raise ValueError(f"expansion_factors={config.expansion_factors} must go coarse to fine, e.g. (4, 2, 1)")
+    if not config.diffseg_kl_thresholds or config.diffseg_anchors < 2:
+        raise ValueError("diffseg_kl_thresholds needs at least one value and diffseg_anchors at least 2")
     if config.working_size is not None and config.working_size < 64:
         raise ValueError(f"working_size={config.working_size} is too small; use at least 64")

@@ -32,6 +32,8 @@ class AttentionMaps:
         self_attention (`dict[int, torch.Tensor]`): factor -> (layers, h*w, h*w), rows sum to 1.
         self_layers (`dict[int, list[str]]`): factor -> layer names in execution order.
         hints (`dict[str, Hints]`): annotator hints per label, in fractions of the working grid.
+        extras (`list[str]`): words the method added to the prompt (e.g. T2M's background words);
+            they are the last entries of ``labels`` and get no mask.
     """
 
     labels: list[str]
@@ -43,6 +45,7 @@ class AttentionMaps:
     self_attention: dict[int, torch.Tensor]
     self_layers: dict[int, list[str]]
     hints: dict[str, Hints] = field(default_factory=dict)
+    extras: list[str] = field(default_factory=list)
 
     def grid(self, factor: int) -> tuple[int, int]:
         """(h, w) of the maps at ``factor``."""

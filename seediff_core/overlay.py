@@ -58,3 +58,10 @@ def _legend(image: np.ndarray, names: Sequence[str]) -> np.ndarray:
         cv2.rectangle(image, (6, y + 2), (6 + swatch, y + 2 + swatch), colour_for(i), -1)
         cv2.putText(image, name, (12 + swatch, y + swatch), font, scale, (255, 255, 255), thick, cv2.LINE_AA)
     return image
+
+
+def draw_heatmap(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, caption: str | None = None) -> np.ndarray:
+    """A heat map (H, W) float in [0, 1] in the inferno colour map over an (H, W, 3) uint8 RGB image."""
+    coloured = cv2.applyColorMap(np.clip(heat * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_INFERNO)[..., ::-1]
+    out = ((1 - alpha) * image.astype(np.float32) + alpha * coloured.astype(np.float32)).clip(0, 255).astype(np.uint8)
+    return _legend(out, [caption]) if caption else out

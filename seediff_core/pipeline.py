@@ -25,15 +25,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .attention import CROSS, AttentionStore, capture_attention, unet_layers
+from .attention import CROSS, SELF, AttentionStore, capture_attention, unet_layers
 from .config import SeediffConfig, make_config
 from .hints import Hints
 from .images import PreparedImage, load_image, prepare_image, to_original
 from .latents import LatentCache, add_noise, ddim_invert, encode_image
-from .maps import collect_maps
+from .maps import AttentionMaps, collect_maps
 from .methods import get_method, method_defaults
 from .models import DiffusionModel, load_model
-from .prompts import build_prompts
+from .prompts import Prompt, build_prompts
 from .results import LabelMask, SegmentationResult
 
 ImageInput = str | Path | bytes | Image.Image
@@ -106,48 +106,90 @@ class Segmenter:
         config = self.config_for(**settings)
         timings: dict[str, float] = {}
         clock = _Clock(timings, self.model.device)
-
-        with clock("prepare"):
-            picture = image if isinstance(image, Image.Image) and image.mode == "RGB" else load_image(image)
-            prepared = prepare_image(picture, config.working_size or self.model.native_size, self.model.size_multiple)
-        noisy = self._noisy_latents(prepared, config, clock)
+        prepared = self._prepare(image, config, clock)
+        draws = self._noisy_latents(prepared, config, clock)
         with clock("attention"):
-            prompts = build_prompts(labels, self.model.tokenizer, config.prompt_template, config.synonyms,
-                                    self.model.max_tokens, words)
+            labels = [str(label).strip() for label in labels]
             method = get_method(config.method)
-            layers = unet_layers(self.model.unet)
-            wanted = method.layers(layers, config)
-            stores = []
-            for index, prompt in enumerate(prompts):
-                # Self-attention hardly depends on the text: read it on the first pass only.
-                names = wanted if index == 0 else {l.name for l in layers if l.name in wanted and l.kind == CROSS}
-                store = AttentionStore()
-                with capture_attention(self.model.unet, store, lambda layer: layer.name in names, config.attention_chunk):
-                    self._unet(noisy, config.timestep, self._encode_text(prompt.text))
-                stores.append(store)
-            height, width = prepared.size
-            x, y, cw, ch = prepared.content
-            maps = collect_maps(
-                stores, prompts, [p.strip() for p in labels], tuple(noisy.shape[-2:]),
-                (x / width, y / height, (x + cw) / width, (y + ch) / height),
-                torch.from_numpy(prepared.rgb).permute(2, 0, 1).float() / 255.0,
-            )
-            unknown = sorted(set(hints or {}) - set(maps.labels))
+            # Words a method adds to the prompt (T2M's background words) are captured but get no mask.
+            extras = [w for w in getattr(method, "prompt_extras", lambda _: [])(config) if w not in labels]
+            prompts = build_prompts(labels + extras, self.model.tokenizer, config.prompt_template, config.synonyms,
+                                    self.model.max_tokens, words)
+            wanted = method.layers(unet_layers(self.model.unet), config)
+            maps = self._capture(prepared, draws, prompts, labels + extras, wanted, config)
+            maps.extras = extras
+            unknown = sorted(set(hints or {}) - set(labels))
             if unknown:
-                raise ValueError(f"hints for {unknown}, which are not among the labels {maps.labels}")
+                raise ValueError(f"hints for {unknown}, which are not among the labels {labels}")
+            (height, width), (_, _, cw, ch) = prepared.size, prepared.content
             maps.hints = {label: h.mapped(cw / width, ch / height) for label, h in (hints or {}).items() if h}
         with clock("method"):
             output = method.segment(maps, config)
+        return self._result(prepared, labels, output.masks, output.scores, output.soft, config, prompts, timings, clock)
+
+    def segment_everything(self, image: ImageInput, **settings: Any) -> SegmentationResult:
+        """DiffSeg's unsupervised segments of ``image``, no labels needed: an empty prompt, self-
+        attention merged into segments named "segment 1", "segment 2", ... (largest first).
+
+        Score per segment: the share of its pixels' self-attention that stays inside the segment,
+        in [0, 1]: how self-contained the segment is.
+        """
+        from .methods.diffseg import aggregate, segment_map
+
+        config = self.config_for(**{"method": "diffseg", **settings})
+        timings: dict[str, float] = {}
+        clock = _Clock(timings, self.model.device)
+        prepared = self._prepare(image, config, clock)
+        draws = self._noisy_latents(prepared, config, clock)
+        with clock("attention"):
+            prompts = [Prompt("", {}, 2)]
+            wanted = {l.name for l in unet_layers(self.model.unet) if l.kind == SELF}
+            maps = self._capture(prepared, draws, prompts, [], wanted, config)
+        with clock("method"):
+            segments = segment_map(maps, config)
+            valid = maps.valid(tuple(segments.shape[-2:]))
+            segments = segments & valid
+            segments = segments[segments.flatten(1).sum(1).argsort(descending=True)]
+            segments = segments[segments.flatten(1).any(1)]
+            scores = containment(aggregate(maps), segments, maps.latent_size)
+        names = [f"segment {i + 1}" for i in range(len(segments))]
+        return self._result(prepared, names, segments, scores, segments.float(), config, prompts, timings, clock)
+
+    def _prepare(self, image: ImageInput, config: SeediffConfig, clock: "_Clock") -> PreparedImage:
+        with clock("prepare"):
+            picture = image if isinstance(image, Image.Image) and image.mode == "RGB" else load_image(image)
+            return prepare_image(picture, config.working_size or self.model.native_size, self.model.size_multiple)
+
+    def _capture(self, prepared: PreparedImage, draws: list[torch.Tensor], prompts: list[Prompt], labels: list[str],
+                 wanted: set[str], config: SeediffConfig) -> AttentionMaps:
+        """One UNet pass per prompt and noise draw, capturing the ``wanted`` layers."""
+        layers = unet_layers(self.model.unet)
+        stores = []
+        for index, prompt in enumerate(prompts):
+            # Self-attention hardly depends on the text: read it on the first pass only.
+            names = wanted if index == 0 else {l.name for l in layers if l.name in wanted and l.kind == CROSS}
+            store = AttentionStore()
+            with capture_attention(self.model.unet, store, lambda layer: layer.name in names, config.attention_chunk):
+                for noisy in draws:  # several draws accumulate into one running mean
+                    self._unet(noisy, config.timestep, self._encode_text(prompt.text))
+            stores.append(store)
+        height, width = prepared.size
+        x, y, cw, ch = prepared.content
+        return collect_maps(
+            stores, prompts, labels, tuple(draws[0].shape[-2:]),
+            (x / width, y / height, (x + cw) / width, (y + ch) / height),
+            torch.from_numpy(prepared.rgb).permute(2, 0, 1).float() / 255.0,
+        )
+
+    def _result(self, prepared, labels, masks, scores, soft, config, prompts, timings, clock) -> SegmentationResult:
         with clock("to_original"):
-            masks = masks_to_original(output.masks, prepared)
-            soft = _crop_content(output.soft, prepared)
-        result_masks = [
-            LabelMask(label, masks[k], float(output.scores[k]) if masks[k].any() else 0.0, soft[k])
-            for k, label in enumerate(maps.labels)
-        ]
-        timings["total"] = sum(timings.values())
+            original = masks_to_original(masks, prepared)
+            soft = _crop_content(soft, prepared)
+        items = [LabelMask(label, original[k], float(scores[k]) if original[k].any() else 0.0, soft[k])
+                 for k, label in enumerate(labels)]
+        timings["total"] = sum(v for k, v in timings.items() if k != "total")
         return SegmentationResult(
-            masks=result_masks,
+            masks=items,
             width=prepared.original_size[0],
             height=prepared.original_size[1],
             method=config.method,
@@ -159,7 +201,8 @@ class Segmenter:
 
     # ------------------------------------------------------------------ stages
 
-    def _noisy_latents(self, prepared: PreparedImage, config: SeediffConfig, clock: "_Clock") -> torch.Tensor:
+    def _noisy_latents(self, prepared: PreparedImage, config: SeediffConfig, clock: "_Clock") -> list[torch.Tensor]:
+        """The latents the UNet reads: one, or ``noise_draws`` noisings (seeds noise_seed, +1, ...)."""
         model = self.model
         clean_key = (prepared.digest, model.source, str(model.dtype))
         with clock("encode"):
@@ -168,18 +211,22 @@ class Segmenter:
                 clean = encode_image(model.vae, prepared.pixels).to(model.unet.dtype)
                 self._latents.put(clean_key, clean)
         if config.noise_mode == "clean":
-            return clean
-        key = clean_key + (config.noise_mode, config.timestep, config.inversion_steps, config.noise_seed)
+            return [clean]
+        draws = config.noise_draws if config.noise_mode == "noise" else 1
+        out = []
         with clock("invert" if config.noise_mode == "invert" else "noise"):
-            noisy = self._latents.get(key)
-            if noisy is None:
-                if config.noise_mode == "invert":
-                    noisy = ddim_invert(model.unet, model.scheduler, clean, self._encode_text(""),
-                                        config.timestep, config.inversion_steps)
-                else:
-                    noisy = add_noise(model.scheduler, clean, config.timestep, config.noise_seed)
-                self._latents.put(key, noisy)
-        return noisy
+            for draw in range(draws):
+                key = clean_key + (config.noise_mode, config.timestep, config.inversion_steps, config.noise_seed + draw)
+                noisy = self._latents.get(key)
+                if noisy is None:
+                    if config.noise_mode == "invert":
+                        noisy = ddim_invert(model.unet, model.scheduler, clean, self._encode_text(""),
+                                            config.timestep, config.inversion_steps)
+                    else:
+                        noisy = add_noise(model.scheduler, clean, config.timestep, config.noise_seed + draw)
+                    self._latents.put(key, noisy)
+                out.append(noisy)
+        return out
 
     @torch.no_grad()
     def _encode_text(self, text: str) -> torch.Tensor:
@@ -194,6 +241,24 @@ class Segmenter:
     @torch.no_grad()
     def _unet(self, latents: torch.Tensor, t: int, context: torch.Tensor) -> torch.Tensor:
         return self.model.unet(latents, t, encoder_hidden_states=context).sample
+
+
+def containment(aggregated: torch.Tensor, segments: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor:
+    """Per segment, the mean over its latent pixels of the attention mass that stays inside it.
+
+    Args:
+        aggregated (`torch.Tensor`): (N, N) attention rows on the latent grid (rows sum to 1).
+        segments (`torch.Tensor`): (S, H, W) bool on the image.
+
+    Returns:
+        (S,) float in [0, 1].
+    """
+    if segments.shape[0] == 0:
+        return torch.zeros(0)
+    small = F.interpolate(segments[None].float(), size=latent_size, mode="area")[0].flatten(1)  # (S, N)
+    inside = small @ aggregated.float() @ small.T  # (S, S): attention from s landing in s
+    weight = small.sum(dim=1).clamp_min(1e-12)
+    return (inside.diagonal() / weight).clamp(0, 1)
 
 
 def masks_to_original(masks: torch.Tensor, prepared: PreparedImage) -> list[np.ndarray]:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from .base import Method, MethodOutput
 from .crossattn import CrossAttentionBaseline
+from .diffseg import DiffSeg
+from .diffumask import DiffuMask
 from .seediff import SeeDiff
+from .t2m import T2M
 
-METHODS: dict[str, type] = {SeeDiff.name: SeeDiff, CrossAttentionBaseline.name: CrossAttentionBaseline}
+METHODS: dict[str, type] = {cls.name: cls for cls in (SeeDiff, DiffSeg, DiffuMask, T2M, CrossAttentionBaseline)}
 
 
 def method_defaults() -> dict[str, dict]:

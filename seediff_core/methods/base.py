@@ -39,4 +39,7 @@ class Method(Protocol):
         ...
 
     def segment(self, maps: AttentionMaps, config: SeediffConfig) -> MethodOutput:
+        """K masks for the K labels of ``maps`` (its ``extras`` excluded)."""
         ...
+
+    # Optional: def prompt_extras(self, config) -> list[str], words added to the prompt without a mask.
