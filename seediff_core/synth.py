@@ -101,7 +101,7 @@ class Synthesizer:
             latents = generate(model, segmenter._encode_text(prompt.text), segmenter._encode_text(""),
                                steps=self.steps, guidance=self.guidance, seed=seed)
         image = decode(model, latents)
-        rgb = torch.from_numpy(np.asarray(image)).permute(2, 0, 1).float() / 255.0
+        rgb = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255.0
         maps = collect_maps([store], prompts, labels + extras, tuple(latents.shape[-2:]), (0.0, 0.0, 1.0, 1.0), rgb)
         maps.extras = extras
         output = method.segment(maps, config)

@@ -14,11 +14,12 @@ Steps (Big-Brother-Pikachu/Text2Mask ``scripts/SD_seg.py``, VOC settings; SD1.5 
 4. Class-aware refinement (CLIP-ES's CAA): bounding boxes around every part of the label's map above
    ``t2m_box_threshold`` x its max; self-attention columns outside the boxes zeroed; refined map =
    masked A^2 @ map; min-max.
-5. Background score (2 tau - max over labels)^2 with tau = ``t2m_tau``; each pixel to the argmax.
+5. Background score (2 tau - max over labels)^2 with tau = ``t2m_tau``; each pixel to the argmax,
+   after PAMR on the image in place of the paper's dense CRF (no CRF dependency).
 
 Deviations: the attention (not the refined maps) is averaged over noise draws, which is one matrix
 product instead of one per draw; the score maps are upsampled bilinearly before the argmax (the
-paper takes the argmax and resizes it nearest); no dense CRF.
+paper takes the argmax and resizes it nearest); PAMR instead of the dense CRF.
 
 Score: contrast of the refined map between the mask and the rest of the image.
 """
@@ -35,7 +36,7 @@ import torch
 from ..attention import CROSS, SELF, Layer
 from ..config import SeediffConfig
 from ..maps import AttentionMaps
-from ..refine import contrast_score, minmax, upsample
+from ..refine import contrast_score, minmax, pamr, upsample
 from .base import MethodOutput
 
 _ATTENTION_INDEX = re.compile(r"\.attentions\.(\d+)\.")
@@ -66,7 +67,10 @@ class T2M:
         valid = maps.valid(size)
         scores = minmax(upsample(refined, size, mode="bilinear"), valid=valid) * valid
         background = (2 * config.t2m_tau - scores.amax(dim=0)) ** 2 if count else torch.ones(size)
-        winner = torch.cat([background[None], scores]).argmax(dim=0)
+        # The paper's dense CRF, done here by PAMR on the image (as for DiffuMask).
+        stacked = pamr(maps.image, torch.cat([background[None], scores]), config.pamr_iterations,
+                       config.pamr_dilations, config.pamr_std_factor)
+        winner = stacked.argmax(dim=0)
         masks = (winner[None] == torch.arange(1, count + 1)[:, None, None]) & valid
         return MethodOutput(soft=scores, masks=masks, scores=contrast_score(scores, masks, valid))
 
