@@ -33,18 +33,23 @@ class SeediffBackend(LabelStudioMLBase):
         if self.label_interface is None:
             raise ValueError("no labeling config: call /setup first or send label_config with /predict")
         targets = parse_targets(self.label_interface)
-        settings, words = self.runtime.overrides(self.extra_params)
+        options = self.runtime.overrides(self.extra_params)
         if context and context.get("result"):
-            return [self._interactive(tasks[0], targets, context["result"], settings, words)]
-        outcomes = self.runtime.segment_tasks(tasks, targets, settings, words)
+            return [self._interactive(tasks[0], targets, context["result"], options)]
+        outcomes = self.runtime.segment_tasks(tasks, targets, options)
         # A failed task gets an empty list: Label Studio stores nothing for it and keeps the others.
         return [[] if isinstance(o, Exception) else self._prediction(o) for o in outcomes]
 
-    def _prediction(self, segmented: list) -> dict:
+    def _prediction(self, segmented: list, labelled: bool = False) -> dict:
+        everything = not labelled and self.runtime.overrides(self.extra_params).everything
         regions, scores = [], []
         for target, result in segmented:
             scores.append(result.score)
             for control in target.controls:
+                if everything:  # unlabelled segments, each under the control's first label
+                    for item in result.masks:
+                        regions.extend(control.regions(control.labels[0], item.mask, item.score))
+                    continue
                 for label in control.labels:
                     item = result[label] if label in result.labels else None
                     if item is not None and item.area > 0:
@@ -52,15 +57,15 @@ class SeediffBackend(LabelStudioMLBase):
         score = float(np.mean(scores)) if scores else 0.0
         return {"result": regions, "score": round(score, 4), "model_version": self.model_version}
 
-    def _interactive(self, task: dict, targets: list[ImageTarget], regions: list[dict], settings, words) -> dict:
+    def _interactive(self, task: dict, targets: list[ImageTarget], regions: list[dict], options) -> dict:
         by_name = {t.object_name: t for t in targets}
         target = by_name.get(regions[0].get("to_name"), targets[0])
         hints = hints_from_context(regions, target.labels)
         if not hints:
             log.info("interactive request for task %s carries no usable keypoint or rectangle", task.get("id"))
             return {"result": [], "score": 0.0, "model_version": self.model_version}
-        result = self.runtime.segment_interactive(task, target, hints, settings, words)
-        return self._prediction([(target, result)])
+        result = self.runtime.segment_interactive(task, target, hints, options)
+        return self._prediction([(target, result)], labelled=True)
 
 
 def hints_from_context(regions: list[dict], labels: list[str]) -> dict[str, Hints]:

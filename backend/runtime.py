@@ -28,6 +28,13 @@ MODEL_WAIT_SECONDS = 30.0
 PROMPT_KEYS = ("prompts", "label_prompts")  # extra params: {"prompts": {"Cat": ["cat", "kitten"]}}
 
 
+@dataclass(frozen=True)
+class ProjectOptions:
+    settings: dict[str, Any]
+    words: dict[str, list[str]]
+    everything: bool = False
+
+
 @dataclass
 class Metrics:
     started: float = field(default_factory=time.time)
@@ -80,8 +87,10 @@ class Runtime:
 
     # ------------------------------------------------------------------ per project
 
-    def overrides(self, extra_params: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, list[str]]]:
-        """(pipeline settings, prompt words per label) from a project's extra params.
+    def overrides(self, extra_params: dict[str, Any] | None) -> "ProjectOptions":
+        """A project's options from its extra params: pipeline settings, prompt words per label
+        ({"prompts": {"Cat": ["cat", "kitten"]}}), and {"segment_everything": true} for DiffSeg's
+        unlabelled segments.
 
         Raises:
             ValueError: an unknown or invalid setting (the message lists the valid ones).
@@ -96,24 +105,26 @@ class Runtime:
         if "t" in params:
             params["timestep"] = params.pop("t")
         params.pop("model", None)  # one model per process: set SEEDIFF_MODEL instead
+        everything = bool(params.pop("segment_everything", False))
+        if everything:
+            params.setdefault("method", "diffseg")
         self.config(params)  # validates
-        return params, words
+        return ProjectOptions(params, words, everything)
 
     def model_version(self, extra_params: dict[str, Any] | None) -> str:
         """Names the method, model and settings, so Label Studio re-predicts when any changes."""
-        params, words = self.overrides(extra_params)
-        config = self.config(params).to_dict()
+        options = self.overrides(extra_params)
+        config = self.config(options.settings).to_dict()
         for key in ("device", "dtype", "model", "attention_chunk", "latent_cache_size"):
             config.pop(key)
-        digest = hashlib.sha256(json.dumps([config, words], sort_keys=True).encode()).hexdigest()[:8]
+        digest = hashlib.sha256(json.dumps([config, options.words, options.everything], sort_keys=True).encode()).hexdigest()[:8]
         model = self.settings.model.rstrip("/").rsplit("/", 1)[-1]
         mode = {"invert": f"inv{config['inversion_steps']}", "noise": "noise", "clean": "clean"}[config["noise_mode"]]
         return f"seediff-{config['method']}-{model}-t{config['timestep']}-{mode}-{digest}"
 
     # ------------------------------------------------------------------ work
 
-    def segment_tasks(self, tasks: list[dict], targets: list[ImageTarget], settings: dict[str, Any],
-                      words: dict[str, list[str]]) -> list[list | Exception]:
+    def segment_tasks(self, tasks: list[dict], targets: list[ImageTarget], options: "ProjectOptions") -> list[list | Exception]:
         """Per task: [(target, SegmentationResult), ...], or the exception that failed that task.
 
         Images download in parallel; each goes to the model worker as soon as it arrives.
@@ -134,8 +145,11 @@ class Runtime:
                 continue
             try:
                 image = done.result()
-                labels, target_words = target.labels, {**target.words, **words}
-                job = lambda image=image, labels=labels, w=target_words: segmenter.segment(image, labels, words=w, **settings)  # noqa: E731
+                if options.everything:
+                    job = lambda image=image: segmenter.segment_everything(image, **options.settings)  # noqa: E731
+                else:
+                    labels, words = target.labels, {**target.words, **options.words}
+                    job = lambda image=image, labels=labels, w=words: segmenter.segment(image, labels, words=w, **options.settings)  # noqa: E731
                 pending[self.worker.submit([job], BATCH)[0]] = (i, target)
             except QueueFull:
                 raise
@@ -155,13 +169,14 @@ class Runtime:
                 log.error("task %s failed: %s: %s", tasks[i].get("id"), type(outcome).__name__, outcome)
         return outcomes
 
-    def segment_interactive(self, task: dict, target: ImageTarget, hints: dict[str, Hints], settings: dict[str, Any],
-                            words: dict[str, list[str]]):
+    def segment_interactive(self, task: dict, target: ImageTarget, hints: dict[str, Hints], options: "ProjectOptions"):
         """One task, only the hinted labels, ahead of queued batch work."""
         segmenter = self.model.get(MODEL_WAIT_SECONDS)
         image = self._fetch(task, target)
         labels = list(hints)
-        job = lambda: segmenter.segment(image, labels, hints=hints, words={**target.words, **words}, **settings)  # noqa: E731
+        settings = {**options.settings, "method": "seediff"} if options.everything else options.settings
+        words = {**target.words, **options.words}
+        job = lambda: segmenter.segment(image, labels, hints=hints, words=words, **settings)  # noqa: E731
         result = self.worker.submit([job], INTERACTIVE)[0].result()
         self.metrics.record(result.timings)
         return result

@@ -156,3 +156,14 @@ def test_health_answers_while_the_model_loads(tmp_path):
     assert health.json["model_state"] in ("loading", "ready")
     setup = app.test_client().post("/setup", json={"project": "1.1", "schema": CONFIG})
     assert setup.status_code == 200 and "shapes-world" in setup.json["model_version"]
+
+
+def test_segment_everything_gives_unlabelled_segments_under_the_first_label(client):
+    setup = client.post("/setup", json={"project": "12.1", "schema": CONFIG, "extra_params": {"segment_everything": True}})
+    assert setup.status_code == 200 and "diffseg" in setup.json["model_version"]
+    response = _predict(client, [{"id": 1, "data": {"image": _url()}}], project="12.1")
+    (prediction,) = response.json["results"]
+    brush = [r for r in prediction["result"] if r["type"] == "brushlabels"]
+    assert brush and all(r["value"]["brushlabels"] == ["Cat"] for r in brush)
+    masks = np.stack([rle_to_mask(r["value"]["rle"], 150, 200) > 0 for r in brush])
+    assert masks.sum(0).max() == 1
