@@ -10,7 +10,8 @@ still gets a mask.
                                         [--variants shapes colour-shapes all-shapes] [--set NAME=VALUE ...]
 
 Prints per method and variant: mIoU (mean over labels of dataset-level IoU), mean per-image IoU,
-per-label IoU, the absent-label false-positive rate, and time per image in UNet-forward equivalents.
+per-label IoU, the absent-label false-positive rate, and time per image in UNet-forward equivalents;
+and DiffSeg's unlabelled segments scored by per-image Hungarian matching (its paper's protocol).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from seediff_core.evaluation import LABEL_VARIANTS, evaluate_scenes  # noqa: E402
+from seediff_core.evaluation import LABEL_VARIANTS, evaluate_scenes, evaluate_segments  # noqa: E402
 from seediff_core.pipeline import Segmenter  # noqa: E402
 from seediff_core.scenes import TEST_SEEDS, TUNE_SEEDS  # noqa: E402
 
@@ -49,7 +50,7 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=200)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--split", choices=["test", "tune"], default="test")
-    parser.add_argument("--methods", nargs="+", default=["seediff", "crossattn"])
+    parser.add_argument("--methods", nargs="+", default=["seediff", "diffseg", "diffumask", "t2m", "crossattn"])
     parser.add_argument("--variants", nargs="+", default=list(LABEL_VARIANTS), choices=LABEL_VARIANTS)
     parser.add_argument("--set", dest="extra", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
@@ -86,6 +87,17 @@ def main() -> None:
             report.append({"method": method, "variant": variant, "miou": scores.miou, "image_iou": scores.mean_image_iou,
                            "absent_false_positive_rate": absent, "seconds_per_image": per_image,
                            "unet_forward_equivalents": per_image / forward, "per_label": scores.per_label()})
+    if "diffseg" in args.methods:
+        segmenter.latent_cache._items.clear()
+        start = time.perf_counter()
+        segments = evaluate_segments(segmenter, seeds, args.size)
+        per_image = (time.perf_counter() - start) / len(seeds)
+        labels = " ".join(f"{k}={v:.3f}" for k, v in segments.per_class().items())
+        print(f"{'diffseg':<10} {'unlabelled':<14} {segments.miou:>6.3f} {'(Hungarian, per image)':>17} "
+              f"{per_image:>7.3f} {per_image / forward:>7.1f}  {labels}", flush=True)
+        report.append({"method": "diffseg", "variant": "unlabelled (Hungarian)", "miou": segments.miou,
+                       "image_iou": float("nan"), "seconds_per_image": per_image,
+                       "unet_forward_equivalents": per_image / forward, "per_label": segments.per_class()})
     if args.json:
         args.json.write_text(json.dumps({"settings": segmenter.config.to_dict(), "rows": report}, indent=2))
 

@@ -91,3 +91,59 @@ def evaluate_scenes(segmenter, seeds, size: int = 256, variant: str = "shapes", 
         for item in result.masks:
             scores.add(item.label, item.mask, rendered.label_mask(item.label))
     return scores
+
+
+@dataclass
+class HungarianAccumulator:
+    """DiffSeg's protocol for unlabelled segments: per image, segments are matched one-to-one to the
+    ground-truth classes present (Hungarian, maximising IoU); TP/FP/FN accumulate per class over the
+    set; unmatched segments are not counted. mIoU = mean over classes of TP / (TP + FP + FN)."""
+
+    tp: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    fp: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    fn: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def add(self, segments: list[np.ndarray], truth: dict[str, np.ndarray]) -> None:
+        from scipy.optimize import linear_sum_assignment
+
+        names = list(truth)
+        if not names:
+            return
+        gt = [np.asarray(truth[n]) > 0 for n in names]
+        seg = [np.asarray(s) > 0 for s in segments]
+        scores = np.array([[iou(s, g) for s in seg] for g in gt]) if seg else np.zeros((len(gt), 0))
+        rows, cols = linear_sum_assignment(-scores) if seg else ([], [])
+        matched = dict(zip(rows, cols))
+        for i, name in enumerate(names):
+            if i in matched:
+                s = seg[matched[i]]
+                self.tp[name] += int(np.count_nonzero(s & gt[i]))
+                self.fp[name] += int(np.count_nonzero(s & ~gt[i]))
+                self.fn[name] += int(np.count_nonzero(~s & gt[i]))
+            else:
+                self.fn[name] += int(np.count_nonzero(gt[i]))
+
+    def per_class(self) -> dict[str, float]:
+        return {k: self.tp[k] / max(self.tp[k] + self.fp[k] + self.fn[k], 1) for k in sorted(set(self.tp) | set(self.fn))}
+
+    @property
+    def miou(self) -> float:
+        values = list(self.per_class().values())
+        return float(np.mean(values)) if values else float("nan")
+
+
+def evaluate_segments(segmenter, seeds, size: int = 256, **settings) -> HungarianAccumulator:
+    """DiffSeg's unlabelled segments of shapes-world scenes, scored by per-image Hungarian matching
+    against the classes present (background and each shape)."""
+    from PIL import Image
+
+    from .scenes import make_scene, render
+
+    scores = HungarianAccumulator()
+    for seed in seeds:
+        rendered = render(make_scene(int(seed)), size)
+        result = segmenter.segment_everything(Image.fromarray(rendered.image), **settings)
+        truth = {shape: rendered.label_mask(shape) for shape in {o.shape for o in rendered.scene.objects}}
+        truth["background"] = ~np.any(np.stack(list(truth.values())), axis=0)
+        scores.add([m.mask for m in result.masks], truth)
+    return scores

@@ -206,3 +206,34 @@ def _polygon(obj: SceneObject, size: int) -> np.ndarray:
     r = obj.radius * size * radii
     cx, cy = obj.center[0] * size, obj.center[1] * size
     return np.stack([cx + r * np.cos(angles), cy + r * np.sin(angles)], axis=1)
+
+
+def colour_mask(image: np.ndarray, colour: str, min_saturation: float = 0.45, hue_tolerance: float = 25.0) -> np.ndarray:
+    """Pixels of an (H, W, 3) uint8 RGB image in the object colour ``colour``, found without any model:
+    saturated and bright, within ``hue_tolerance`` degrees of the colour's hue (backgrounds are muted)."""
+    hsv = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2HSV_FULL).astype(np.float32)
+    hue = hsv[..., 0] / 255.0 * 360.0
+    saturation, value = hsv[..., 1] / 255.0, hsv[..., 2] / 255.0
+    distance = np.abs((hue - _HUES[colour] + 180.0) % 360.0 - 180.0)
+    return (distance <= hue_tolerance) & (saturation >= min_saturation) & (value >= 0.45)
+
+
+def classify_shape(mask: np.ndarray) -> str | None:
+    """The shape of the largest blob of a boolean mask, from its outline: a star is far from convex,
+    a triangle and a square simplify to 3 and 4 corners, a circle to many. None if there is no blob."""
+    contours, _ = cv2.findContours(np.asarray(mask, dtype=np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    if not contours:
+        return None
+    contour = max(contours, key=cv2.contourArea)
+    area = cv2.contourArea(contour)
+    if area < 20:
+        return None
+    hull = cv2.contourArea(cv2.convexHull(contour))
+    if hull > 0 and area / hull < 0.8:
+        return "star"
+    corners = len(cv2.approxPolyDP(contour, 0.04 * cv2.arcLength(contour, True), True))
+    if corners == 3:
+        return "triangle"
+    if corners == 4:
+        return "square"
+    return "circle"
