@@ -6,12 +6,14 @@ classes in ``controls``. This class only maps Label Studio's requests onto them.
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
 
 from seediff_core.hints import Hints
 
+from . import quality
 from .base import LabelStudioMLBase
 from .controls import ImageTarget, parse_targets
 
@@ -37,6 +39,9 @@ class SeediffBackend(LabelStudioMLBase):
         if context and context.get("result"):
             return [self._interactive(tasks[0], targets, context["result"], options)]
         outcomes = self.runtime.segment_tasks(tasks, targets, options)
+        for task, outcome in zip(tasks, outcomes):
+            if not isinstance(outcome, Exception) and not options.everything:
+                self.remember(task.get("id"), outcome)
         # A failed task gets an empty list: Label Studio stores nothing for it and keeps the others.
         return [[] if isinstance(o, Exception) else self._prediction(o) for o in outcomes]
 
@@ -56,6 +61,27 @@ class SeediffBackend(LabelStudioMLBase):
                         regions.extend(control.regions(label, item.mask, item.score))
         score = float(np.mean(scores)) if scores else 0.0
         return {"result": regions, "score": round(score, 4), "model_version": self.model_version}
+
+    def fit(self, event: str, data: dict, **kwargs) -> dict | None:
+        """No training: compare a submitted annotation with what was predicted for its task."""
+        if event not in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
+            return None
+        annotation = data.get("annotation") or {}
+        task_id = (data.get("task") or {}).get("id") or annotation.get("task")
+        stored = self.get(f"prediction:{task_id}") if task_id is not None else None
+        if stored is None:
+            return None
+        scores = quality.compare(stored, annotation.get("result") or [])
+        self.set("quality", quality.accumulate(self.get("quality"), scores, json.loads(stored)["model_version"]))
+        return {"task": task_id, "iou": scores}
+
+    def remember(self, task_id, segmented: list) -> None:
+        """Keep a small copy of a task's predicted masks, for ``fit`` to compare annotations with."""
+        if task_id is None or not segmented:
+            return
+        (target, result), *_ = segmented
+        masks = {m.label: m.mask for m in result.masks}
+        self.set(f"prediction:{task_id}", quality.record(result.width, result.height, masks, self.model_version))
 
     def _interactive(self, task: dict, targets: list[ImageTarget], regions: list[dict], options) -> dict:
         by_name = {t.object_name: t for t in targets}

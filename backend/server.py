@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from flask import Flask, Response, jsonify, request
 
+from . import quality
 from .base import TRAIN_EVENTS
 from .model import SeediffBackend
 from .runtime import Runtime
@@ -90,6 +91,7 @@ def create_app(settings: BackendSettings | None = None, model_class=SeediffBacke
     def metrics():
         return jsonify(model=settings.model, model_state=runtime.model.state, model_load_seconds=runtime.model.loaded_in,
                        queue={"pending": runtime.worker.pending, "capacity": runtime.worker.capacity, **runtime.worker.stats},
+                       quality={project: quality.report(summary) for project, summary in runtime.state.projects_with("quality").items()},
                        **runtime.metrics.to_json())
 
     @app.route("/versions", methods=["GET", "POST"])

@@ -32,3 +32,9 @@ class ProjectState:
             raise TypeError(f"state values are strings; got {type(value).__name__} for {key!r}")
         with self._lock, self._connect() as db:
             db.execute("INSERT OR REPLACE INTO state (project, key, value) VALUES (?, ?, ?)", (project, key, value))
+
+    def projects_with(self, key: str) -> dict[str, str]:
+        """{project: value} of every project that has ``key``."""
+        with self._lock, self._connect() as db:
+            rows = db.execute("SELECT project, value FROM state WHERE key = ?", (key,)).fetchall()
+        return dict(rows)

@@ -167,3 +167,32 @@ def test_segment_everything_gives_unlabelled_segments_under_the_first_label(clie
     assert brush and all(r["value"]["brushlabels"] == ["Cat"] for r in brush)
     masks = np.stack([rle_to_mask(r["value"]["rle"], 150, 200) > 0 for r in brush])
     assert masks.sum(0).max() == 1
+
+
+def test_annotations_are_compared_with_the_predictions(client):
+    response = _predict(client, [{"id": 77, "data": {"image": _url()}}], project="13.1")
+    prediction = response.json["results"][0]
+    brush = [r for r in prediction["result"] if r["type"] == "brushlabels"]
+    assert brush
+    accepted = {"action": "ANNOTATION_CREATED", "project": {"id": 13}, "task": {"id": 77},
+                "annotation": {"id": 1, "task": 77, "result": brush}}
+    first = brush[0]["value"]["brushlabels"][0]
+
+    def report_after(count):
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            report = client.get("/metrics").json["quality"].get("13", {})
+            if report.get("annotations") == count:
+                return report
+            time.sleep(0.05)
+        raise AssertionError(f"no quality report for {count} annotations")
+
+    assert client.post("/webhook", json=accepted).status_code == 201
+    report = report_after(1)
+    assert report["labels"][first] == {"count": 1, "mean_iou": 1.0}  # accepted as predicted
+    assert list(report["model_versions"]) == [prediction["model_version"]]
+    redrawn = [{"type": "polygonlabels", "original_width": 200, "original_height": 150,
+                "value": {"points": [[0, 0], [30, 0], [30, 30]], "polygonlabels": [first]}}]
+    client.post("/webhook", json={**accepted, "action": "ANNOTATION_UPDATED", "annotation": {"task": 77, "result": redrawn}})
+    report = report_after(2)
+    assert report["labels"][first]["count"] == 2 and report["labels"][first]["mean_iou"] < 0.9
