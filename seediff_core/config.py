@@ -55,6 +55,8 @@ class SeediffConfig:
     variance_floor: float = 1e-4  # a layer whose normalised map varies less than this ...
     flat_layer_weight: float = 0.01  # ... is damped by this weight
     expansion_factors: tuple[int, ...] = (4, 2, 1)  # self-attention grids, coarse to fine
+    seed_competition: bool = False  # seeds only where the label out-attends the others (absent labels)
+    seed_competition_ratio: float = 2.0  # ... and attends at least this many times its image mean
     expansion_threshold: float = 0.3  # binarises the upsampled expansion before PAMR
     # PAMR: the demo runs 5000 iterations at dilation 1, a random walk that floods each colour
     # region about sqrt(5000) ~ 70 px; dilated neighbourhoods reach as far in 30 iterations, ~100x

@@ -158,3 +158,16 @@ def test_a_box_confines_the_mask_and_finds_seeds_inside_it():
 def test_bad_hints_are_clear_errors(kwargs):
     with pytest.raises(ValueError, match="hint"):
         Hints(**kwargs)
+
+
+def test_seed_competition_leaves_an_absent_label_empty():
+    maps, truth = _hand_built_maps()
+    generator = torch.Generator().manual_seed(0)
+    diffuse = maps.cross[4][:, :1].mean() * (1 + 0.3 * torch.rand(maps.cross[4][:, :1].shape, generator=generator))
+    maps.cross[4] = torch.cat([maps.cross[4], diffuse], dim=1)  # the prompt names a third, absent thing
+    maps.labels = [*maps.labels, "absent"]
+    loose = get_method("seediff").segment(maps, SeediffConfig(seed_competition=False))
+    assert loose.masks[2].any()  # without competition the absent label takes something
+    strict = get_method("seediff").segment(maps, SeediffConfig(seed_competition=True))
+    assert not strict.masks[2].any()
+    assert _iou(strict.masks[0].numpy(), truth == 1) >= 0.95 and _iou(strict.masks[1].numpy(), truth == 2) >= 0.95

@@ -16,6 +16,10 @@ SD1.5's 16x16 grid and factor 1 its 64x64 one):
 5. Several labels: a pixel claimed by several masks goes to the label whose refined value (then
    expanded attention) is highest there; pixels no label claims are background.
 
+Optional (``seed_competition``, ours): a seed cell must also be one where the label attends more,
+relative to its own image-wide mean, than every other label; labels that the prompt names but the
+image lacks then get no seeds and no mask, as a Label Studio project's full label list needs.
+
 The finer expansion steps only remove background-like pixels (F <= P), so the mask's extent is
 that of the blurred coarse prior until PAMR floods it out to the object's colour edges; that is why
 the demo runs PAMR for thousands of iterations.
@@ -52,9 +56,11 @@ class SeeDiff:
         return names
 
     def segment(self, maps: AttentionMaps, config: SeediffConfig) -> MethodOutput:
-        seeds_map = seed_maps(maps.require_cross(config.seed_factor), maps.valid(maps.grid(config.seed_factor)),
-                              config.variance_floor, config.flat_layer_weight)
-        expanded = expand(seeds_map, maps, config.expansion_factors)
+        cross = maps.require_cross(config.seed_factor)
+        valid = maps.valid(maps.grid(config.seed_factor))
+        seeds_map = seed_maps(cross, valid, config.variance_floor, config.flat_layer_weight)
+        owner = seed_owners(cross, valid, config.seed_competition_ratio) if config.seed_competition else None
+        expanded = expand(seeds_map, maps, config.expansion_factors, owner)
         return finalize(expanded, maps, config)
 
 
@@ -77,6 +83,18 @@ def seed_maps(cross: torch.Tensor, valid: torch.Tensor, variance_floor: float, f
     return minmax(normed.sum(dim=0), valid=valid)
 
 
+def seed_owners(cross: torch.Tensor, valid: torch.Tensor, min_ratio: float = 2.0) -> torch.Tensor:
+    """(layers, K, h, w) cross-attention -> (K, h, w) bool: the label that attends most to each cell,
+    relative to that label's own mean over the image, where that ratio is at least ``min_ratio``.
+    A label named in the prompt but absent from the image attends diffusely (ratios near 1
+    everywhere), so it owns no cell and gets no seeds."""
+    summed = cross.float().clamp_min(0).sum(dim=0)  # (K, h, w)
+    mean = (summed * valid).sum(dim=(1, 2), keepdim=True) / valid.sum().clamp_min(1)
+    ratio = summed / mean.clamp_min(1e-12)
+    best, winner = ratio.max(dim=0)
+    return (winner[None] == torch.arange(summed.shape[0])[:, None, None]) & (best >= min_ratio)[None] & valid
+
+
 def otsu_foreground(maps: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """(K, h, w) in [0, 1] -> (K, h, w) bool: per map, pixels whose square is at or above the Otsu
     threshold of the squared valid pixels."""
@@ -87,7 +105,8 @@ def otsu_foreground(maps: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def expand(seeds_map: torch.Tensor, maps: AttentionMaps, factors: tuple[int, ...]) -> torch.Tensor:
+def expand(seeds_map: torch.Tensor, maps: AttentionMaps, factors: tuple[int, ...],
+           owner: torch.Tensor | None = None) -> torch.Tensor:
     """Steps 1-3. (K, h, w) seed map -> (K, h', w') expanded map at the finest factor, in [0, 1].
 
     Annotator hints (``maps.hints``) change three things for their label: positive clicks replace
@@ -99,6 +118,8 @@ def expand(seeds_map: torch.Tensor, maps: AttentionMaps, factors: tuple[int, ...
     valid = maps.valid(grid)
     seeds_map = minmax(upsample(seeds_map, grid), valid=valid)
     seeds = otsu_foreground(seeds_map, valid)
+    if owner is not None:  # competition between labels (seed_competition)
+        seeds &= upsample(owner.float(), grid, mode="nearest") > 0.5
     allowed, negatives = _hint_masks(maps, grid, valid)
     for k, label in enumerate(maps.labels):
         hint = maps.hints.get(label)
