@@ -105,30 +105,30 @@ def build_segmenter(model: str, extra: tuple[str, ...], **settings: Any):
     return Segmenter(load_model(model, settings.get("device"), settings.get("dtype")), **settings)
 
 
-@main.command()
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--labels", multiple=True, required=True, help="Label names (space- or comma-separated).")
-@click.option("--out", default="seediff-out", show_default=True, type=click.Path(path_type=Path))
-@_settings_options
-def segment(images: tuple[Path, ...], labels: tuple[str, ...], out: Path, model: str, extra: tuple[str, ...], **settings):
-    """One mask per label for each IMAGE, at the image's original size."""
-    from tqdm import tqdm
+def _split_labels(labels: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(part.strip() for label in labels for part in label.split(",") if part.strip())
 
-    from .images import ImageError, load_image
 
-    labels = tuple(part.strip() for label in labels for part in label.split(",") if part.strip())
+def _segmenter_or_fail(model: str, extra: tuple[str, ...], **settings):
     try:
-        segmenter = build_segmenter(model, extra, **settings)
+        return build_segmenter(model, extra, **settings)
     except (ValueError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def _for_each_image(images: tuple[Path, ...], out: Path, desc: str, work) -> None:
+    """Run ``work(path, folder)`` per image with a progress bar; one image's failure is reported and
+    the others go on; exit code 1 at the end if any failed."""
+    from tqdm import tqdm
+
+    from .images import ImageError
+
     failures = 0
     stems: set[str] = set()
-    for path in tqdm(images, desc="segment", unit="image", disable=len(images) < 2, file=sys.stderr):
+    for path in tqdm(images, desc=desc, unit="image", disable=len(images) < 2, file=sys.stderr):
         folder = out / _unique_stem(path.stem, stems)
         try:
-            picture = load_image(path)
-            result = segmenter.segment(picture, labels)
-            write_result(folder, picture, result, path)
+            work(path, folder)
         except (ImageError, ValueError) as exc:
             failures += 1
             click.echo(f"error: {path}: {exc}", err=True)
@@ -136,10 +136,28 @@ def segment(images: tuple[Path, ...], labels: tuple[str, ...], out: Path, model:
             failures += 1
             click.echo(f"error: {path}: {type(exc).__name__}: {exc}", err=True)
             log.debug("%s", traceback.format_exc())
-    done = len(images) - failures
-    click.echo(f"{done} of {len(images)} image(s) segmented into {out}", err=True)
+    click.echo(f"{len(images) - failures} of {len(images)} image(s) written to {out}", err=True)
     if failures:
         sys.exit(1)
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--labels", multiple=True, required=True, help="Label names (space- or comma-separated).")
+@click.option("--out", default="seediff-out", show_default=True, type=click.Path(path_type=Path))
+@_settings_options
+def segment(images: tuple[Path, ...], labels: tuple[str, ...], out: Path, model: str, extra: tuple[str, ...], **settings):
+    """One mask per label for each IMAGE, at the image's original size."""
+    from .images import load_image
+
+    labels = _split_labels(labels)
+    segmenter = _segmenter_or_fail(model, extra, **settings)
+
+    def work(path: Path, folder: Path) -> None:
+        picture = load_image(path)
+        write_result(folder, picture, segmenter.segment(picture, labels), path)
+
+    _for_each_image(images, out, "segment", work)
 
 
 @main.command()
@@ -156,38 +174,26 @@ def heatmap(images: tuple[Path, ...], labels: tuple[str, ...], out: Path, model:
     import numpy as np
     import torch
     from PIL import Image
-    from tqdm import tqdm
 
-    from .images import ImageError, load_image
+    from .images import load_image
     from .overlay import draw_heatmap
 
-    labels = tuple(part.strip() for label in labels for part in label.split(",") if part.strip())
-    settings["method"] = "crossattn"
-    try:
-        segmenter = build_segmenter(model, extra, **settings)
-    except (ValueError, RuntimeError) as exc:
-        raise click.ClickException(str(exc)) from exc
-    failures = 0
-    stems: set[str] = set()
-    for path in tqdm(images, desc="heatmap", unit="image", disable=len(images) < 2, file=sys.stderr):
-        folder = out / _unique_stem(path.stem, stems)
-        try:
-            picture = load_image(path)
-            result = segmenter.segment(picture, labels)
-            folder.mkdir(parents=True, exist_ok=True)
-            used: set[str] = set()
-            for item in result.masks:
-                heat = torch.from_numpy(item.soft)[None, None]
-                heat = torch.nn.functional.interpolate(heat, size=(result.height, result.width), mode="bilinear")[0, 0].numpy()
-                name = _unique_stem(safe_filename(item.label), used)
-                Image.fromarray(draw_heatmap(np.asarray(picture), heat, caption=item.label)).save(folder / f"{name}.png")
-                Image.fromarray((heat.clip(0, 1) * 255).astype(np.uint8)).save(folder / f"{name}.heat.png")
-        except (ImageError, ValueError) as exc:
-            failures += 1
-            click.echo(f"error: {path}: {exc}", err=True)
-    click.echo(f"{len(images) - failures} of {len(images)} image(s) written to {out}", err=True)
-    if failures:
-        sys.exit(1)
+    labels = _split_labels(labels)
+    segmenter = _segmenter_or_fail(model, extra, **{**settings, "method": "crossattn"})
+
+    def work(path: Path, folder: Path) -> None:
+        picture = load_image(path)
+        result = segmenter.segment(picture, labels)
+        folder.mkdir(parents=True, exist_ok=True)
+        used: set[str] = set()
+        for item in result.masks:
+            heat = torch.nn.functional.interpolate(torch.from_numpy(item.soft)[None, None],
+                                                   size=(result.height, result.width), mode="bilinear")[0, 0].numpy()
+            name = _unique_stem(safe_filename(item.label), used)
+            Image.fromarray(draw_heatmap(np.asarray(picture), heat, caption=item.label)).save(folder / f"{name}.png")
+            Image.fromarray((heat.clip(0, 1) * 255).astype(np.uint8)).save(folder / f"{name}.heat.png")
+
+    _for_each_image(images, out, "heatmap", work)
 
 
 @main.command()
@@ -215,11 +221,8 @@ def synth(labels, per_label, out, model, method, sampling_steps, guidance, seed,
 
     from .synth import Synthesizer, write_dataset
 
-    labels = tuple(part.strip() for label in labels for part in label.split(",") if part.strip())
-    try:
-        segmenter = build_segmenter(model, extra, method=method, device=device, dtype=dtype)
-    except (ValueError, RuntimeError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    labels = _split_labels(labels)
+    segmenter = _segmenter_or_fail(model, extra, method=method, device=device, dtype=dtype)
     synthesizer = Synthesizer(segmenter, steps=sampling_steps, guidance=guidance)
     with tqdm(total=per_label * len(labels), desc="synth", unit="image", file=sys.stderr) as bar:
         counts = write_dataset(out, synthesizer, labels, per_label, seed=seed, progress=bar.update)

@@ -32,7 +32,7 @@ def test_segment_writes_the_stable_layout_and_survives_a_bad_image(tmp_path, tin
                  "--model", str(tiny_model_dir), "--out", str(out), "--steps", "3", "--t", "150", *SMALL], tmp_path)
     assert proc.returncode == 1, proc.stderr
     assert "broken.png" in proc.stderr and "cannot read" in proc.stderr
-    assert "2 of 3 image(s)" in proc.stderr
+    assert "2 of 3 image(s) written" in proc.stderr
     for stem, size in (("a", (333, 517)), ("b", (256, 256))):
         folder = out / stem
         info = json.loads((folder / "result.json").read_text())
