@@ -101,7 +101,8 @@ def add_noise(scheduler, latents: torch.Tensor, t: int, seed: int) -> torch.Tens
 
 
 class LatentCache:
-    """A small LRU of computed latents, keyed by image digest + everything that shaped them."""
+    """A small LRU of tensors: latents keyed by image digest + everything that shaped them (and
+    text embeddings keyed by prompt)."""
 
     def __init__(self, size: int = 32):
         self.size = size

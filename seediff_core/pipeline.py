@@ -1,6 +1,6 @@
 """image -> latents -> attention maps -> method -> masks at the original size.
 
-``Segmenter`` receives a model already loaded (``load_model``) and a config; ``segment`` runs one
+``Segmenter`` receives a model already loaded (``load_model``) and settings; ``segment`` runs one
 image through every stage:
 
 1. read and prepare the image (EXIF, RGB, resize + pad to the model's grid);
@@ -37,6 +37,7 @@ from .prompts import Prompt, build_prompts
 from .results import LabelMask, SegmentationResult
 
 ImageInput = str | Path | bytes | Image.Image
+TEXT_CACHE_SIZE = 256
 
 
 def resolve_config(model: str, model_dir: Path | None, settings: Mapping[str, Any]) -> SeediffConfig:
@@ -59,7 +60,7 @@ class Segmenter:
         self._configs: dict[str, SeediffConfig] = {}
         self.config = self.config_for()  # validates the settings now, not at the first image
         self._latents = LatentCache(self.config.latent_cache_size)
-        self._text: dict[str, torch.Tensor] = {}
+        self._text = LatentCache(TEXT_CACHE_SIZE)  # prompt -> embeddings; a backend sees many label sets
 
     def config_for(self, **settings: Any) -> SeediffConfig:
         """The resolved settings of a call with ``settings`` (cached)."""
@@ -231,12 +232,13 @@ class Segmenter:
     @torch.no_grad()
     def _encode_text(self, text: str) -> torch.Tensor:
         """(1, T, D) text embeddings padded to the window, as Stable Diffusion pipelines do."""
-        if text not in self._text:
-            tokenizer = self.model.tokenizer
-            ids = tokenizer(text, padding="max_length", max_length=self.model.max_tokens, truncation=True,
-                            return_tensors="pt").input_ids.to(self.model.device)
-            self._text[text] = self.model.text_encoder(ids)[0].to(self.model.unet.dtype)
-        return self._text[text]
+        cached = self._text.get(text)
+        if cached is None:
+            ids = self.model.tokenizer(text, padding="max_length", max_length=self.model.max_tokens, truncation=True,
+                                       return_tensors="pt").input_ids.to(self.model.device)
+            cached = self.model.text_encoder(ids)[0].to(self.model.unet.dtype)
+            self._text.put(text, cached)
+        return cached
 
     @torch.no_grad()
     def _unet(self, latents: torch.Tensor, t: int, context: torch.Tensor) -> torch.Tensor:
