@@ -17,9 +17,10 @@ def iou(prediction: np.ndarray, truth: np.ndarray) -> float:
 
 @dataclass
 class IoUAccumulator:
-    """Dataset-level IoU per label (sum of intersections / sum of unions over the images where the
-    label is present) and the mean of per-image IoUs. ``absent`` tracks labels asked for but not in
-    the image: how often they still got a mask, and how big."""
+    """Dataset-level IoU per label: sum of intersections / sum of unions over every image where the
+    label was asked for, so a mask given to a label absent from the image counts against it (its
+    pixels join the union), as in standard semantic-segmentation mIoU. Also the mean of per-image
+    IoUs where the label is present, and how often absent labels still got a mask."""
 
     intersection: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     union: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -30,6 +31,8 @@ class IoUAccumulator:
         p, t = np.asarray(prediction) > 0, np.asarray(truth) > 0
         if not t.any():
             self.absent_masks.append(float(p.mean()))
+            self.union[label] += int(np.count_nonzero(p))
+            self.intersection[label] += 0
             return float("nan")
         inter, uni = int(np.count_nonzero(p & t)), int(np.count_nonzero(p | t))
         self.intersection[label] += inter
