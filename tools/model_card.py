@@ -74,12 +74,17 @@ def training_summary(work: Path) -> dict:
     steps = re.findall(r"^(\S+ \S+) unet step (\d+) loss ([\d.]+) ([\d.]+)s/step", log, re.M)
     if steps:
         summary["unet_steps"], summary["unet_last_loss"] = int(steps[-1][1]), float(steps[-1][2])
+    cached = re.findall(r"cache: (\d+) latents", log)
+    if cached:
+        summary["cached_latents"] = int(cached[-1])
     stamps = re.findall(r"^(\S+ \S+) ", log, re.M)
     if stamps:
         from datetime import datetime
 
-        start, end = (datetime.strptime(s, "%Y-%m-%d %H:%M:%S") for s in (stamps[0], stamps[-1]))
-        summary["wall_hours"] = round((end - start).total_seconds() / 3600, 2)
+        times = [datetime.strptime(s, "%Y-%m-%d %H:%M:%S") for s in stamps]
+        # Training ran in several resumed sessions: count the time between log lines, not the pauses.
+        gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:])]
+        summary["compute_hours"] = round(sum(g for g in gaps if g < 15 * 60) / 3600, 2)
     return summary
 
 
@@ -140,9 +145,10 @@ Training scenes use seeds 0-9,999,999; tuning and test scenes never do.
 ## Training
 Denoising loss only (epsilon prediction, Min-SNR-5 weighting); no loss on attention and no mask
 supervision of any kind, so the attention seediff reads emerged on its own. AdamW 4e-4, batch 32,
-EMA 0.999, 50,000 cached scene latents. Two single-thread processes averaging gradients on a
+EMA 0.999, {training.get('cached_latents', 'n/a')} cached scene latents. Two single-thread processes averaging gradients on a
 2-core CPU: VAE {training.get('vae_steps', 'n/a')} steps, UNet {training.get('unet_steps', 'n/a')} steps
-(last loss {training.get('unet_last_loss', 'n/a')}); {training.get('wall_hours', 'n/a')} hours in all.
+(last loss {training.get('unet_last_loss', 'n/a')}); {training.get('compute_hours', 'n/a')} hours of
+compute in all (VAE, latent cache and UNet).
 Reproduce: see the usage at the top of `tools/train_shapes_world.py`.
 
 ## Generation

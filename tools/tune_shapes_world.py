@@ -3,10 +3,10 @@
 Coordinate search: each setting in turn tries its candidate values with the others fixed, keeping the
 best mean of mIoU over the three label variants ("shapes", "colour-shapes", and "all-shapes", where
 masks given to absent shapes count against them); repeated for --rounds rounds.
-Writes the winning settings (only those that differ from the library defaults) to
-``<model folder>/seediff.json`` with --write.
+With --write, the winning settings that differ from the method's own defaults go into the method's
+section of ``<model folder>/seediff.json`` (``{"seediff": {...}, "t2m": {...}}``); other sections stay.
 
-    python tools/tune_shapes_world.py --scenes 60 [--method seediff] [--write]
+    python tools/tune_shapes_world.py --scenes 60 [--method seediff] [--rounds 2] [--write]
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from seediff_core.config import SeediffConfig  # noqa: E402
+from seediff_core.config import make_config  # noqa: E402
 from seediff_core.evaluation import evaluate_scenes  # noqa: E402
+from seediff_core.methods import method_defaults  # noqa: E402
 from seediff_core.pipeline import Segmenter  # noqa: E402
 from seediff_core.scenes import TUNE_SEEDS  # noqa: E402
 
@@ -39,6 +40,23 @@ SEARCH = {
     "crossattn": {
         "noise_mode": ["invert", "noise"],
         "timestep": [50, 100, 200, 300, 500],
+    },
+    "diffumask": {
+        "noise_mode": ["invert", "noise"],
+        "timestep": [50, 100, 200, 300, 500],
+        "diffumask_beta": [4.0, 8.0, 16.0],
+    },
+    "t2m": {
+        "noise_mode": ["invert", "noise"],
+        "timestep": [50, 100, 150, 300, 500],
+        "t2m_tau": [0.3, 0.4, 0.5, 0.6],
+        "t2m_box_threshold": [0.1, 0.2, 0.3, 0.5],
+    },
+    "diffseg": {
+        "noise_mode": ["clean", "invert"],
+        "timestep": [100, 200, 300, 500],
+        "diffseg_kl_thresholds": [(0.7, 0.7, 0.7), (0.9, 0.9, 0.9), (1.1, 1.1, 1.1)],
+        "diffseg_vote_threshold": [0.8, 1.0, 1.2],
     },
 }
 
@@ -64,6 +82,8 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=60)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--set", dest="extra", action="append", default=[], metavar="NAME=VALUE",
+                        help="fixed settings for this model (kept in the written section)")
     parser.add_argument("--write", action="store_true", help="write the result to the model's seediff.json")
     args = parser.parse_args()
 
@@ -71,6 +91,12 @@ def main() -> None:
     segmenter.latent_cache.size = 4 * args.scenes  # every scene's latents at every timestep tried stay cached
     seeds = list(TUNE_SEEDS[: args.scenes])
     best: dict = {"method": args.method}
+    for item in args.extra:
+        name, _, value = item.partition("=")
+        try:
+            best[name] = json.loads(value)
+        except json.JSONDecodeError:
+            best[name] = value
     best_score = score(segmenter, seeds, best, args.size)
     print(f"start {best_score:.4f} with the model's current settings", flush=True)
     for round_index in range(args.rounds):
@@ -85,18 +111,19 @@ def main() -> None:
                 if value_score > best_score + 1e-4:
                     best, best_score = trial, value_score
             print(f"-> best so far {best_score:.4f}: {json.dumps(best)}", flush=True)
-    defaults = SeediffConfig().to_dict()
-    final = segmenter.config.replace(**best).to_dict()
+    # Against the method's own defaults (what it would run without the model's seediff.json).
+    defaults = make_config(method_defaults=method_defaults(), method=args.method).to_dict()
+    final = segmenter.config_for(**best).to_dict()
     tuned = {k: v for k, v in final.items() if v != defaults[k] and k not in ("model", "device", "dtype", "method")}
     print(json.dumps({"score": best_score, "settings": tuned}, indent=2))
     if args.write:
-        if args.method != "seediff":
-            raise SystemExit("only seediff's settings are written: seediff.json holds one set of settings per model")
         if segmenter.model.folder is None:
             raise SystemExit("the model has no local folder to write seediff.json into")
         path = segmenter.model.folder / "seediff.json"
-        path.write_text(json.dumps(tuned, indent=2) + "\n")
-        print(f"wrote {path}")
+        current = json.loads(path.read_text()) if path.is_file() else {}
+        current[args.method] = tuned
+        path.write_text(json.dumps(current, indent=2) + "\n")
+        print(f"wrote the {args.method!r} section of {path}")
 
 
 if __name__ == "__main__":
