@@ -16,11 +16,16 @@ class ProjectState:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
+        self._local = threading.local()
         with self._connect() as db:
             db.execute("CREATE TABLE IF NOT EXISTS state (project TEXT, key TEXT, value TEXT, PRIMARY KEY (project, key))")
 
     def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=10)
+        """This thread's connection, opened once (sqlite3 connections may not cross threads)."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = sqlite3.connect(self.path, timeout=10)
+        return db
 
     def get(self, project: str, key: str) -> str | None:
         with self._lock, self._connect() as db:
@@ -31,7 +36,11 @@ class ProjectState:
         if not isinstance(value, str):
             raise TypeError(f"state values are strings; got {type(value).__name__} for {key!r}")
         with self._lock, self._connect() as db:
-            db.execute("INSERT OR REPLACE INTO state (project, key, value) VALUES (?, ?, ?)", (project, key, value))
+            # Every request re-sets the label config and model version; skipping unchanged values
+            # spares a write transaction (most of this class's cost) per request.
+            row = db.execute("SELECT value FROM state WHERE project = ? AND key = ?", (project, key)).fetchone()
+            if row is None or row[0] != value:
+                db.execute("INSERT OR REPLACE INTO state (project, key, value) VALUES (?, ?, ?)", (project, key, value))
 
     def projects_with(self, key: str) -> dict[str, str]:
         """{project: value} of every project that has ``key``."""

@@ -20,12 +20,16 @@ class IoUAccumulator:
     """Dataset-level IoU per label: sum of intersections / sum of unions over every image where the
     label was asked for, so a mask given to a label absent from the image counts against it (its
     pixels join the union), as in standard semantic-segmentation mIoU. Also the mean of per-image
-    IoUs where the label is present, and how often absent labels still got a mask."""
+    IoUs where the label is present, how often absent labels still got a mask, and the foreground
+    IoU (union of all masks against union of all objects, labels ignored), which separates finding
+    the objects from naming them."""
 
     intersection: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     union: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     per_image: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     absent_masks: list[float] = field(default_factory=list)  # area fraction of each absent label's mask
+    foreground_intersection: int = 0
+    foreground_union: int = 0
 
     def add(self, label: str, prediction: np.ndarray, truth: np.ndarray) -> float:
         p, t = np.asarray(prediction) > 0, np.asarray(truth) > 0
@@ -40,6 +44,17 @@ class IoUAccumulator:
         value = inter / uni
         self.per_image[label].append(value)
         return value
+
+    def add_foreground(self, predictions: list[np.ndarray], objects: list[np.ndarray]) -> None:
+        """One image's masks (any labels) and its objects' masks, each (H, W)."""
+        p = np.any([np.asarray(m) > 0 for m in predictions], axis=0) if predictions else False
+        t = np.any([np.asarray(m) > 0 for m in objects], axis=0)
+        self.foreground_intersection += int(np.count_nonzero(p & t))
+        self.foreground_union += int(np.count_nonzero(p | t))
+
+    @property
+    def foreground_iou(self) -> float:
+        return self.foreground_intersection / self.foreground_union if self.foreground_union else float("nan")
 
     def per_label(self) -> dict[str, float]:
         return {k: self.intersection[k] / self.union[k] for k in sorted(self.union) if self.union[k]}
@@ -93,6 +108,7 @@ def evaluate_scenes(segmenter, seeds, size: int = 256, variant: str = "shapes", 
         result = segmenter.segment(Image.fromarray(rendered.image), labels, **settings)
         for item in result.masks:
             scores.add(item.label, item.mask, rendered.label_mask(item.label))
+        scores.add_foreground([item.mask for item in result.masks], rendered.masks)
     return scores
 
 

@@ -29,7 +29,7 @@ SEARCH = {
     "seediff": {
         "noise_mode": ["invert", "noise"],
         "timestep": [50, 100, 200, 300, 500],
-        "factors": [(1, (1,)), (2, (2, 1)), (4, (4, 2, 1)), (2, (1,))],
+        "factors": [(1, (1,)), (2, (2, 1)), (4, (4, 2, 1)), (4, (2, 1)), (2, (1,))],
         "seed_competition": [False, True],
         "seed_competition_ratio": [1.5, 2.0, 3.0],
         "expansion_threshold": [0.2, 0.3, 0.4, 0.5],
@@ -55,7 +55,7 @@ SEARCH = {
     "diffseg": {
         "noise_mode": ["clean", "invert"],
         "timestep": [100, 200, 300, 500],
-        "diffseg_kl_thresholds": [(0.7, 0.7, 0.7), (0.9, 0.9, 0.9), (1.1, 1.1, 1.1)],
+        "diffseg_kl_thresholds": [(0.01,) * 3, (0.03,) * 3, (0.1,) * 3, (0.3,) * 3, (0.7,) * 3, (0.9,) * 3, (1.1,) * 3],
         "diffseg_vote_threshold": [0.8, 1.0, 1.2],
     },
 }
