@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,13 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | None = None, dty
         ModelNotFoundError: the weights are missing, the hub is unreachable, or the folder is incomplete.
     """
     dev = pick_device(device)
-    return _load_cached(name_or_path, str(dev), pick_dtype(dev, dtype))
+    # One load at a time: lru_cache does not stop two threads from loading the same model twice,
+    # and diffusers' lazy imports are not safe when two threads trigger them at once.
+    with _LOAD_LOCK:
+        return _load_cached(name_or_path, str(dev), pick_dtype(dev, dtype))
+
+
+_LOAD_LOCK = threading.Lock()
 
 
 @functools.lru_cache(maxsize=4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import threading
 
 import pytest
 import torch
@@ -22,6 +23,17 @@ def test_tiny_model_loads_through_the_real_code(tiny_model, tiny_model_dir):
 
 def test_loading_is_cached_per_process(tiny_model_dir, tiny_model):
     assert load_model(str(tiny_model_dir), device="cpu") is tiny_model
+
+
+def test_threads_loading_the_same_model_at_once_share_one_copy(tmp_path, tiny_model_dir):
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "copy")  # a path no other test has loaded
+    loaded = []
+    threads = [threading.Thread(target=lambda: loaded.append(load_model(str(folder), device="cpu"))) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(loaded) == 3 and loaded[0] is loaded[1] is loaded[2]
 
 
 def test_sd2_style_model_loads(tiny_sd2_dir):
