@@ -94,16 +94,18 @@ def scene_labels(scene, variant: str) -> list[str]:
     raise ValueError(f"unknown label variant {variant!r}; expected one of {LABEL_VARIANTS}")
 
 
-def evaluate_scenes(segmenter, seeds, size: int = 256, variant: str = "shapes", **settings) -> IoUAccumulator:
-    """Segment rendered shapes-world scenes through the real path and accumulate IoU against their
-    exact masks. ``settings`` override the segmenter's config (e.g. ``method="crossattn"``)."""
+def evaluate_scenes(segmenter, seeds, size: int = 256, variant: str = "shapes", patterned: bool = True,
+                    **settings) -> IoUAccumulator:
+    """Segment rendered shapes-world scenes (patterned, or flat-coloured) through the real path and
+    accumulate IoU against their exact masks. ``settings`` override the segmenter's config (e.g.
+    ``method="crossattn"``)."""
     from PIL import Image
 
     from .scenes import make_scene, render
 
     scores = IoUAccumulator()
     for seed in seeds:
-        rendered = render(make_scene(int(seed)), size)
+        rendered = render(make_scene(int(seed), patterned=patterned), size)
         labels = scene_labels(rendered.scene, variant)
         result = segmenter.segment(Image.fromarray(rendered.image), labels, **settings)
         for item in result.masks:
@@ -151,7 +153,7 @@ class HungarianAccumulator:
         return float(np.mean(values)) if values else float("nan")
 
 
-def evaluate_segments(segmenter, seeds, size: int = 256, **settings) -> HungarianAccumulator:
+def evaluate_segments(segmenter, seeds, size: int = 256, patterned: bool = True, **settings) -> HungarianAccumulator:
     """DiffSeg's unlabelled segments of shapes-world scenes, scored by per-image Hungarian matching
     against the classes present (background and each shape)."""
     from PIL import Image
@@ -160,7 +162,7 @@ def evaluate_segments(segmenter, seeds, size: int = 256, **settings) -> Hungaria
 
     scores = HungarianAccumulator()
     for seed in seeds:
-        rendered = render(make_scene(int(seed)), size)
+        rendered = render(make_scene(int(seed), patterned=patterned), size)
         result = segmenter.segment_everything(Image.fromarray(rendered.image), **settings)
         truth = {shape: rendered.label_mask(shape) for shape in {o.shape for o in rendered.scene.objects}}
         truth["background"] = ~np.any(np.stack(list(truth.values())), axis=0)

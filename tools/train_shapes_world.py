@@ -2,17 +2,24 @@
 
 Stages, each resumable and each writing under --work (never into git):
   vae     AutoencoderKL (x8, 4 latent channels) on 64x64 crops of 128x128 scenes (it is fully
-          convolutional, so crops cost a quarter and transfer to full frames).
+          convolutional, so crops cost a quarter and transfer to full frames). --init FOLDER starts
+          from a model folder's VAE (fine-tuning) instead of from scratch.
   cache   Encode N training scenes once (posterior mean) so the UNet stage never runs the encoder.
-  unet    UNet2DConditionModel + CLIPTextModel trained jointly on the denoising loss only, with
-          10 % caption dropout for classifier-free guidance and an EMA copy. No attention or mask
-          supervision of any kind: the attention that seediff reads must emerge on its own.
+  unet    UNet2DConditionModel trained on the denoising loss only, with 10 % caption dropout for
+          classifier-free guidance and an EMA copy. No attention or mask supervision of any kind:
+          the attention that seediff reads must emerge on its own.
+          The text encoder is a CLIPTextModel with no transformer layer (token + position
+          embeddings and the final layer norm), frozen at its seeded random initialisation, as
+          Stable Diffusion keeps CLIP frozen: every word keeps a vector of its own. Trained jointly,
+          a 3-layer encoder collapsed (every output vector of a caption at cosine 0.99 to the
+          others), so no word could bind to a place. --init FOLDER starts the UNet from a model
+          folder's UNet, with the cross-attention keys and values (which read the text) fresh.
   export  Write the EMA weights with save_pretrained (fp16) to --out, e.g. seediff_core/weights/shapes-world.
 
-Usage:
-  python tools/train_shapes_world.py vae --work runs/sw --minutes 45
+Usage (the shipped model's recipe; see its README for steps and times):
+  python tools/train_shapes_world.py vae --work runs/sw --minutes 45 [--init seediff_core/weights/shapes-world]
   python tools/train_shapes_world.py cache --work runs/sw --scenes 50000
-  torchrun --nproc_per_node 2 tools/train_shapes_world.py unet --work runs/sw --minutes 300
+  torchrun --nproc_per_node 2 tools/train_shapes_world.py unet --work runs/sw --minutes 300 [--init FOLDER]
   python tools/train_shapes_world.py export --work runs/sw --out seediff_core/weights/shapes-world
 
 One thread per process: on a shared 2-core machine, two single-thread processes (gradients
@@ -116,7 +123,7 @@ def text_encoder_config(vocab_size: int) -> dict:
         vocab_size=vocab_size,
         hidden_size=TEXT_DIM,
         intermediate_size=4 * TEXT_DIM,
-        num_hidden_layers=3,
+        num_hidden_layers=0,
         num_attention_heads=4,
         max_position_embeddings=MAX_TOKENS,
         bos_token_id=0,
@@ -161,6 +168,9 @@ def train_vae(args) -> None:
     opt = torch.optim.Adam(vae.parameters(), lr=args.lr)
     ckpt = work / "vae.ckpt"
     step = 0
+    if args.init and not ckpt.exists():
+        vae.load_state_dict(AutoencoderKL.from_pretrained(Path(args.init) / "vae").float().state_dict())
+        log(work, f"vae: starting from {args.init}")
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
         vae.load_state_dict(state["vae"])
@@ -246,15 +256,16 @@ def build_cache(args) -> None:
 
 
 class TextToLatent(torch.nn.Module):
-    """UNet and text encoder in one module so one DDP wrapper averages both gradients."""
+    """UNet and its frozen text encoder in one module, so checkpoints and exports hold both."""
 
     def __init__(self, unet, text_encoder):
         super().__init__()
         self.unet = unet
-        self.text_encoder = text_encoder
+        self.text_encoder = text_encoder.requires_grad_(False)
 
     def forward(self, noisy, timesteps, input_ids):
-        context = self.text_encoder(input_ids)[0]
+        with torch.no_grad():
+            context = self.text_encoder(input_ids)[0]
         return self.unet(noisy, timesteps, context).sample
 
 
@@ -271,7 +282,7 @@ def _dist_barrier() -> None:
         torch.distributed.barrier()
 
 
-def build_unet_and_text(work: Path):
+def build_unet_and_text(work: Path, init: str | None = None):
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -280,6 +291,12 @@ def build_unet_and_text(work: Path):
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**unet_config())
     text_encoder = CLIPTextModel(CLIPTextConfig(**text_encoder_config(len(tokenizer))))
+    if init:
+        # The old keys and values were learnt on another text encoder's vectors: start them fresh.
+        old = UNet2DConditionModel.from_pretrained(Path(init) / "unet").float().state_dict()
+        fresh = unet.state_dict()
+        keep = {k: v for k, v in old.items() if not any(p in k for p in ("attn2.to_k", "attn2.to_v"))}
+        unet.load_state_dict({**fresh, **keep})
     return tokenizer, TextToLatent(unet, text_encoder)
 
 
@@ -290,9 +307,9 @@ def train_unet(args) -> None:
     rank, world = _dist_rank_world()
     cache = torch.load(work / "latents.pt", weights_only=False)
     latents, seeds, scaling = cache["latents"], cache["seeds"], cache["scaling_factor"]
-    tokenizer, model = build_unet_and_text(work)
+    tokenizer, model = build_unet_and_text(work, args.init)
     ema = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(model.unet.parameters(), lr=args.lr, weight_decay=0.01)
     step = 0
     ckpt = work / "unet.ckpt"
     if ckpt.exists():
@@ -340,7 +357,7 @@ def train_unet(args) -> None:
             group["lr"] = args.lr * warm
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.unet.parameters(), 1.0)
         opt.step()
         step += 1
         decay = min(args.ema, (1 + step) / (10 + step))
@@ -361,11 +378,33 @@ def train_unet(args) -> None:
             last_save = time.time()
         if time.time() - last_export > args.export_minutes * 60:
             export(work, work / "export", ema, step)
+            probe_binding(work, args)
             last_export = time.time()
     if rank == 0:
         save_atomic({"model": model.state_dict(), "ema": ema, "opt": opt.state_dict(), "step": step}, ckpt)
         export(work, work / "export", ema, step)
+        probe_binding(work, args, wait=True)
         log(work, f"unet: stopped at step {step}")
+
+
+def probe_binding(work: Path, args, wait: bool = False) -> None:
+    """Run benchmarks/binding.py on the fresh export in the background (one thread), appending to
+    work/binding.jsonl and redrawing work/binding.png, so every export leaves its binding rates."""
+    if not args.probe:
+        return
+    import subprocess
+
+    export_copy = work / "probed"
+    shutil.rmtree(export_copy, ignore_errors=True)
+    shutil.copytree(work / "export", export_copy)  # the next export may replace the folder mid-probe
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "binding.py"
+    command = [sys.executable, str(script), "--model", str(export_copy), "--threads", "1", "--scenes", str(args.probe),
+               "--seed-grid", "4", "--history", str(work / "binding.jsonl"), "--curve", str(work / "binding.png"),
+               "--log", str(work / "train.log"), "--timesteps", "50", "200"]
+    with open(work / "binding.out", "a") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    if wait:
+        process.wait()
 
 
 # ----------------------------------------------------------------------------- stage: export
@@ -419,6 +458,9 @@ def main() -> None:
     parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument("--export-minutes", type=float, default=30)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--init", help="model folder to start the vae or unet stage from")
+    parser.add_argument("--probe", type=int, default=0, metavar="SCENES",
+                        help="after each export, run benchmarks/binding.py on this many scenes in the background")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     Path(args.work).mkdir(parents=True, exist_ok=True)
