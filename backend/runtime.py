@@ -115,7 +115,7 @@ class Runtime:
         """Names the method, model and settings, so Label Studio re-predicts when any changes."""
         options = self.overrides(extra_params)
         config = self.config(options.settings).to_dict()
-        for key in ("device", "dtype", "model", "attention_chunk", "latent_cache_size"):
+        for key in ("device", "dtype", "model", "attention_chunk", "latent_cache_size", "batch_size"):
             config.pop(key)
         digest = hashlib.sha256(json.dumps([config, options.words, options.everything], sort_keys=True).encode()).hexdigest()[:8]
         model = self.settings.model.rstrip("/").rsplit("/", 1)[-1]

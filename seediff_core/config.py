@@ -87,6 +87,8 @@ class SeediffConfig:
     attention_chunk: int = 1024
     # Inversion results kept in memory (image hash + settings -> latent).
     latent_cache_size: int = 32
+    # segment_batch: images per UNet call (a GPU gains up to its memory; a CPU hardly gains).
+    batch_size: int = 8
 
     def __post_init__(self) -> None:
         # JSON and CLI give lists and plain strings; keep the frozen config hashable-friendly.
@@ -147,6 +149,8 @@ def _validate(config: SeediffConfig) -> None:
         raise ValueError(f"timestep={config.timestep} is outside 0..999")
     if config.noise_draws < 1:
         raise ValueError(f"noise_draws={config.noise_draws}; need at least 1")
+    if config.batch_size < 1:
+        raise ValueError(f"batch_size={config.batch_size}; need at least 1")
     if config.inversion_steps < 1:
         raise ValueError(f"inversion_steps={config.inversion_steps}; need at least 1")
     if "{labels}" not in config.prompt_template:

@@ -83,9 +83,10 @@ def collect_maps(
     latent_size: tuple[int, int],
     content: tuple[float, float, float, float],
     image: torch.Tensor,
+    row: int = 0,
 ) -> AttentionMaps:
-    """Per-label maps from one store per prompt pass. Self-attention is averaged over the passes
-    that captured it (the latents are the same; only the text differs)."""
+    """Per-label maps of batch row ``row`` from one store per prompt pass. Self-attention is averaged
+    over the passes that captured it (the latents are the same; only the text differs)."""
     cross: dict[int, torch.Tensor] = {}
     cross_layers: dict[int, list[str]] = {}
     per_label: dict[str, dict[int, list[torch.Tensor]]] = {}
@@ -93,7 +94,7 @@ def collect_maps(
         for name in store.names(kind=CROSS):
             layer = store.layers[name]
             h, w = store.grid.get(name, (latent_size[0] // layer.factor, latent_size[1] // layer.factor))
-            probs = store.mean(name)[0]  # (queries, keys)
+            probs = store.mean(name)[row]  # (queries, keys)
             for label, tokens in prompt.tokens.items():
                 token_map = probs[:, list(tokens)].mean(dim=1).reshape(h, w)
                 per_label.setdefault(label, {}).setdefault(layer.factor, []).append(token_map)
@@ -113,7 +114,7 @@ def collect_maps(
     for factor, names in self_layers.items():
         stacked = []
         for name in names:
-            found = [store.mean(name)[0] for store in stores if name in store.sums]
+            found = [store.mean(name)[row] for store in stores if name in store.sums]
             stacked.append(torch.stack(found).mean(dim=0))
         self_maps[factor] = torch.stack(stacked)
     return AttentionMaps(

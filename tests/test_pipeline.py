@@ -125,3 +125,30 @@ def test_prompt_words_replace_the_label_name(segmenter):
     result = segmenter.segment(_photo(), ["Cls_1", "Cls_2"], words={"Cls_1": ["cat"], "Cls_2": ["dog", "bird"]})
     assert result.prompts == ["a photo of a cat, a dog and a bird"]
     assert result.labels == ["Cls_1", "Cls_2"]
+
+
+@pytest.mark.parametrize("mode", ["noise", "invert"])
+def test_a_batch_gives_what_one_by_one_gives(tiny_model, mode):
+    """segment_batch shares every UNet call between images of one grid; the results must not depend
+    on the company an image keeps: same masks (up to a few boundary pixels of float noise), same
+    scores, whatever the order, with a landscape image in its own group."""
+    images = [_photo(256, 256, seed=s) for s in (1, 2, 3)] + [_photo(300, 180, seed=5)]
+    alone = Segmenter(tiny_model, noise_mode=mode, timestep=300, **SMALL)
+    together = Segmenter(tiny_model, noise_mode=mode, timestep=300, batch_size=2, **SMALL)
+    batch = together.segment_batch(images, ["cat", "dog"])
+    assert len(batch) == len(images)
+    for image, result in zip(images, batch):
+        single = alone.segment(image, ["cat", "dog"])
+        assert (result.width, result.height) == (single.width, single.height)
+        for a, b in zip(result.masks, single.masks):
+            assert a.label == b.label
+            assert np.mean(a.mask != b.mask) < 0.002
+            assert a.score == pytest.approx(b.score, abs=1e-3)
+            assert np.allclose(a.soft, b.soft, atol=1e-3)
+    # Every image went through the encoder and the noising once, in batches of two.
+    assert together.latent_cache.misses == 2 * len(images)
+
+
+def test_a_bad_image_in_a_batch_is_named_by_its_index(segmenter):
+    with pytest.raises(ImageError, match="image 1"):
+        segmenter.segment_batch([_photo(), b"not an image"], ["cat"])
