@@ -32,18 +32,27 @@ class SeediffBackend(LabelStudioMLBase):
         self.set("model_version", self.runtime.model_version(self.extra_params))
 
     def predict(self, tasks: list[dict], context: dict | None = None, **kwargs) -> list:
-        if self.label_interface is None:
-            raise ValueError("no labeling config: call /setup first or send label_config with /predict")
-        targets = parse_targets(self.label_interface)
-        options = self.runtime.overrides(self.extra_params)
         if context and context.get("result"):
+            targets = self._targets()
+            options = self.runtime.overrides(self.extra_params)
             return [self._interactive(tasks[0], targets, context["result"], options)]
+        # A failed task gets an empty list: Label Studio stores nothing for it and keeps the others.
+        return [[] if isinstance(o, Exception) else o for o in self.predict_outcomes(tasks)]
+
+    def predict_outcomes(self, tasks: list[dict]) -> list[dict | Exception]:
+        """Per task, its prediction (as ``predict`` returns it) or the exception that failed it."""
+        targets = self._targets()
+        options = self.runtime.overrides(self.extra_params)
         outcomes = self.runtime.segment_tasks(tasks, targets, options)
         for task, outcome in zip(tasks, outcomes):
             if not isinstance(outcome, Exception) and not options.everything:
                 self.remember(task.get("id"), outcome)
-        # A failed task gets an empty list: Label Studio stores nothing for it and keeps the others.
-        return [[] if isinstance(o, Exception) else self._prediction(o) for o in outcomes]
+        return [o if isinstance(o, Exception) else self._prediction(o) for o in outcomes]
+
+    def _targets(self) -> list[ImageTarget]:
+        if self.label_interface is None:
+            raise ValueError("no labeling config: call /setup first or send label_config with /predict")
+        return parse_targets(self.label_interface)
 
     def _prediction(self, segmented: list, labelled: bool = False) -> dict:
         everything = not labelled and self.runtime.overrides(self.extra_params).everything

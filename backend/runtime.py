@@ -127,7 +127,9 @@ class Runtime:
     def segment_tasks(self, tasks: list[dict], targets: list[ImageTarget], options: "ProjectOptions") -> list[list | Exception]:
         """Per task: [(target, SegmentationResult), ...], or the exception that failed that task.
 
-        Images download in parallel; each goes to the model worker as soon as it arrives.
+        Images download in parallel and go to the model worker in batches of ``batch_size`` images of
+        one Image object as they arrive (one UNet call per batch); a batch that fails is retried image
+        by image, so one bad image fails only its own task.
 
         Raises:
             QueueFull: the worker cannot take this many tasks now (nothing was started).
@@ -138,31 +140,56 @@ class Runtime:
         self.worker.ensure_room(len(jobs))
         outcomes: list[list | Exception] = [[] for _ in tasks]
         downloads = {self._fetch_pool.submit(self._fetch, tasks[i], target): (i, target) for i, target in jobs}
-        pending = {}
+        batch_size = 1 if options.everything else self.config(options.settings).batch_size
+        ready: dict[str, list[tuple[int, ImageTarget, Any]]] = {}  # per Image object, images awaiting a batch
+        pending = []
+
+        def job_for(group: list[tuple[int, ImageTarget, Any]]):
+            if options.everything:
+                return lambda: [segmenter.segment_everything(image, **options.settings) for _, _, image in group]
+            target = group[0][1]
+            labels, words = target.labels, {**target.words, **options.words}
+            images = [image for _, _, image in group]
+            return lambda: segmenter.segment_batch(images, labels, words=words, **options.settings)
+
+        def submit(group: list[tuple[int, ImageTarget, Any]]) -> None:
+            pending.append((self.worker.submit([job_for(group)], BATCH)[0], group))
+
         for done in as_completed(downloads):
             i, target = downloads[done]
             if isinstance(outcomes[i], Exception):
                 continue
             try:
                 image = done.result()
-                if options.everything:
-                    job = lambda image=image: segmenter.segment_everything(image, **options.settings)  # noqa: E731
-                else:
-                    labels, words = target.labels, {**target.words, **options.words}
-                    job = lambda image=image, labels=labels, w=words: segmenter.segment(image, labels, words=w, **options.settings)  # noqa: E731
-                pending[self.worker.submit([job], BATCH)[0]] = (i, target)
+                waiting = ready.setdefault(target.object_name, [])
+                waiting.append((i, target, image))
+                if len(waiting) == batch_size:  # images go to the model as soon as a batch is full
+                    submit(ready.pop(target.object_name))
             except QueueFull:
                 raise
             except Exception as exc:
                 outcomes[i] = exc
-        for future, (i, target) in pending.items():
+        for group in ready.values():
+            submit(group)
+        for future, group in pending:
             try:
-                result = future.result()
+                results = future.result()
+            except Exception as exc:
+                results = [exc]
+                if len(group) > 1:  # find the image that failed the batch: each alone, so the others still get masks
+                    results = []
+                    for member in group:
+                        try:
+                            results.append(self.worker.submit([job_for([member])], BATCH)[0].result()[0])
+                        except Exception as alone:
+                            results.append(alone)
+            for (i, target, _), result in zip(group, results):
+                if isinstance(result, Exception):
+                    outcomes[i] = result
+                    continue
                 if not isinstance(outcomes[i], Exception):
                     outcomes[i].append((target, result))
                 self.metrics.record(result.timings)
-            except Exception as exc:
-                outcomes[i] = exc
         for i, outcome in enumerate(outcomes):
             if isinstance(outcome, Exception):
                 self.metrics.failed()

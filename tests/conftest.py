@@ -29,3 +29,11 @@ def tiny_model(tiny_model_dir):
     from seediff_core import load_model
 
     return load_model(str(tiny_model_dir), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory):
+    """A real Label Studio on 127.0.0.1, one per test session (tests/label_studio_server.py)."""
+    from label_studio_server import start_label_studio
+
+    yield from start_label_studio(tmp_path_factory.mktemp("label-studio"))

@@ -81,6 +81,9 @@ def test_one_bad_image_fails_only_its_own_task(client):
             assert set(np.unique(mask)) <= {0, 255} and mask.any()
     metrics = client.get("/metrics").json
     assert metrics["tasks_ok"] == 2 and metrics["tasks_failed"] == 2
+    # A request whose images all fail (nothing to send to the model) still answers per task.
+    alone = _predict(client, [tasks[1]])
+    assert alone.status_code == 200 and alone.json["results"] == [[]]
 
 
 def test_interactive_clicks_refine_only_the_clicked_label(client):
