@@ -139,3 +139,31 @@ def prelabel(project, view, task_ids, limit, source, target, config_file, labels
     if report_file is not None:
         report_file.write_text(json.dumps(report.to_json(), indent=2))
     sys.exit(report.exit_code)
+
+
+@click.command("eval")
+@click.option("--truth", required=True, help="Label Studio export JSON, VOC folder or COCO JSON.")
+@click.option("--pred", required=True, help="project:ID (Label Studio predictions), a seediff output folder, or a truth format.")
+@click.option("--labels", multiple=True, help="Labels to score (default: the truth's); VOC class names in index order.")
+@click.option("--model-version", default=None, help="Only predictions of this model version.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Write metrics.json and index.html here.")
+def evaluate(truth, pred, labels, model_version, out):
+    """Per-label IoU, precision, recall and mIoU of predictions against ground truth, and how well
+    the scores predict IoU (Spearman)."""
+    import json
+
+    from . import evaluate as ev
+
+    names = [l.strip() for ls in labels for l in ls.split(",") if l.strip()] or None
+    try:
+        true = ev.read(truth, "truth", names)
+        predicted = ev.read(pred, "pred", names, model_version)
+    except (ValueError, OSError, json.JSONDecodeError) as exc:
+        raise click.UsageError(str(exc)) from exc
+    if not true:
+        raise click.UsageError(f"{truth}: no annotated image found")
+    evaluation = ev.evaluate(true, predicted, names)
+    metrics = ev.write_report(evaluation, true, predicted, out) if out is not None else evaluation.metrics()
+    click.echo(ev.table(metrics))
+    if out is not None:
+        click.echo(f"report: {out / 'index.html'}")

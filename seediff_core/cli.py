@@ -44,7 +44,7 @@ class _Commands(click.Group):
     """Commands that live outside the library load only when asked for: ``serve`` needs the
     Label Studio backend package (``pip install seediff[backend]``), the library does not."""
 
-    lazy = {"serve": ("backend.cli", "serve"), "prelabel": ("backend.cli", "prelabel")}
+    lazy = {"serve": ("backend.cli", "serve"), "prelabel": ("backend.cli", "prelabel"), "eval": ("backend.cli", "evaluate")}
 
     def list_commands(self, ctx):
         return sorted([*super().list_commands(ctx), *self.lazy])

@@ -27,12 +27,16 @@ class IoUAccumulator:
     intersection: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     union: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     per_image: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    predicted: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # predicted pixels per label
+    truth: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # true pixels per label
     absent_masks: list[float] = field(default_factory=list)  # area fraction of each absent label's mask
     foreground_intersection: int = 0
     foreground_union: int = 0
 
     def add(self, label: str, prediction: np.ndarray, truth: np.ndarray) -> float:
         p, t = np.asarray(prediction) > 0, np.asarray(truth) > 0
+        self.predicted[label] += int(np.count_nonzero(p))
+        self.truth[label] += int(np.count_nonzero(t))
         if not t.any():
             self.absent_masks.append(float(p.mean()))
             self.union[label] += int(np.count_nonzero(p))
@@ -55,6 +59,14 @@ class IoUAccumulator:
     @property
     def foreground_iou(self) -> float:
         return self.foreground_intersection / self.foreground_union if self.foreground_union else float("nan")
+
+    def precision(self) -> dict[str, float]:
+        """Per label: share of its predicted pixels that are truly its own (1.0 if it predicted none)."""
+        return {k: self.intersection[k] / self.predicted[k] if self.predicted[k] else 1.0 for k in sorted(self.union)}
+
+    def recall(self) -> dict[str, float]:
+        """Per label: share of its true pixels it predicted (1.0 if the truth has none)."""
+        return {k: self.intersection[k] / self.truth[k] if self.truth[k] else 1.0 for k in sorted(self.union)}
 
     def per_label(self) -> dict[str, float]:
         return {k: self.intersection[k] / self.union[k] for k in sorted(self.union) if self.union[k]}
