@@ -55,8 +55,13 @@ def serve(host, port, model, method, device, workers, threads, model_dir):
                    "prediction score, ascending, lists the least certain tasks first.")
 @click.option("--report", "report_file", type=click.Path(path_type=Path), default=None, help="Write the run's report (JSON).")
 @click.option("--model-dir", type=click.Path(path_type=Path), default=None, help="Caches and state (env MODEL_DIR).")
+@click.option("--ray", "use_ray", is_flag=True, help="Run on Ray Data (pip install 'seediff[ray]'): fetch, segment "
+              "(an actor pool, the model loaded once per actor) and upload as streaming stages.")
+@click.option("--address", default=None, help="With --ray: 'auto' or ray://host:10001 (default: start a local Ray).")
+@click.option("--workers", type=int, default=1, show_default=True, help="With --ray: segmentation actors.")
+@click.option("--gpus-per-worker", type=float, default=0.0, show_default=True, help="With --ray: GPUs per actor (1 = one actor per GPU).")
 def prelabel(project, view, task_ids, limit, source, target, config_file, labels, model, method, device, extra,
-             batch_size, force, dry_run, order, report_file, model_dir):
+             batch_size, force, dry_run, order, report_file, model_dir, use_ray, address, workers, gpus_per_worker):
     """Pre-label a whole Label Studio project (or a tasks file / image folder) with progress, resume and a report.
 
     Exit code 0 when every task was predicted or skipped, 1 when some failed, 2 on usage errors."""
@@ -107,7 +112,7 @@ def prelabel(project, view, task_ids, limit, source, target, config_file, labels
             tasks = list(bulk.project_tasks(client, project, view, ids, limit))
         if limit is not None and source is not None:
             tasks = tasks[:limit]
-        job = bulk.Prelabeler(settings, config, params, chunk=batch_size,
+        job = bulk.Prelabeler(settings, config, params, chunk=batch_size, load_model=not (use_ray or dry_run),
                               project_id=str(project) if project is not None else "prelabel")
     except (bulk.UsageError, ValueError) as exc:
         usage(str(exc))
@@ -127,7 +132,18 @@ def prelabel(project, view, task_ids, limit, source, target, config_file, labels
         bar.update(n)
         bar.set_postfix(done=len(report.done), skipped=len(report.skipped), failed=len(report.failed))
 
-    report = job.run(tasks, upload, progress, skip)
+    if use_ray:
+        try:
+            from .prelabel_ray import run_on_ray
+        except ImportError as exc:
+            usage(f"--ray needs Ray: pip install 'seediff[ray]' ({exc})")
+        by_id = {t.get("id"): t for t in tasks}
+        report = run_on_ray(settings, config, params, tasks, project_id=project if client is not None else None,
+                            address=address, workers=workers, gpus_per_worker=gpus_per_worker, batch_size=batch_size,
+                            skip=skip, progress=progress,
+                            collect=lambda task_id, p: upload([(by_id[task_id], p)]) if client is None else None)
+    else:
+        report = job.run(tasks, upload, progress, skip)
     bar.close()
     if client is not None and order == "uncertainty" and report.done:
         bulk.set_project_version(client, project, version)

@@ -92,12 +92,13 @@ class Prelabeler:
         label_config (`str`): the project's labeling config.
         extra_params (`dict`): pipeline settings and prompt words, as a connection's "Extra params".
         chunk (`int`): tasks per model call and per upload.
+        load_model (`bool`): False to only validate the settings and name the model version.
     """
 
     def __init__(self, settings: BackendSettings, label_config: str, extra_params: dict[str, Any] | None = None,
-                 chunk: int = 8, project_id: str = "prelabel"):
+                 chunk: int = 8, project_id: str = "prelabel", load_model: bool = True):
         self.settings = settings
-        self.runtime = Runtime(settings)
+        self.runtime = Runtime(settings, load_model)
         self.chunk = max(1, chunk)
         try:
             self.model = SeediffBackend(project_id, label_config, self.runtime.state, extra_params or {},
@@ -231,7 +232,7 @@ def project_tasks(client, project_id: int, view: int | None = None, ids: list[in
     wanted = set(ids) if ids else None
     count = 0
     for task in client.tasks.list(project=project_id, view=view, fields="all", page_size=100):
-        raw = task.model_dump() if hasattr(task, "model_dump") else dict(task)
+        raw = task.model_dump(mode="json") if hasattr(task, "model_dump") else dict(task)
         if wanted is not None and raw.get("id") not in wanted:
             continue
         yield raw

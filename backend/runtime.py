@@ -62,7 +62,9 @@ class Metrics:
 
 
 class Runtime:
-    def __init__(self, settings: BackendSettings):
+    """``load_model=False`` builds everything but the model (to name a model version without it)."""
+
+    def __init__(self, settings: BackendSettings, load_model: bool = True):
         self.settings = settings
         self.state = ProjectState(settings.model_dir / "cache.db")
         self.fetcher = ImageFetcher(settings)
@@ -73,7 +75,7 @@ class Runtime:
         # weights load, so /setup can answer with a model version at once.
         self.model_folder = resolve_source(settings.model)[1]
         self.base_config = self.config(settings.pipeline)
-        self.model = ModelHolder(self._load)
+        self.model = ModelHolder(self._load) if load_model else None
 
     def config(self, params: dict[str, Any]):
         return resolve_config(self.settings.model, self.model_folder, {**self.settings.pipeline, **params})

@@ -166,3 +166,31 @@ def test_usage_errors_exit_2_with_the_fix(label_studio, tmp_path):
     wrong = _run(["--project", "1"], tmp_path, {**env, "LABEL_STUDIO_API_KEY": "not-a-token"})
     assert wrong.returncode == 2 and "LABEL_STUDIO_API_KEY" in wrong.stderr
     assert np.all([r.stderr.count("\n") <= 2 for r in (no_token, missing, wrong)])  # one line, no traceback
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_ray_prelabels_a_real_project_with_two_actors_and_a_local_run_then_skips_it(label_studio, tmp_path):
+    pytest.importorskip("ray")
+    from label_studio_sdk import LabelStudio
+
+    client = LabelStudio(base_url=label_studio, api_key=TOKEN)
+    project_id = client.projects.create(title="seediff prelabel on ray", label_config=CONFIG).id
+    files = {f"f{i}": (f"scene{i}.png", _png(TEST_SEEDS[300 + i]), "image/png") for i in range(10)}
+    files["broken"] = ("broken.png", b"\x89PNG\r\n\x1a\n not an image", "image/png")
+    requests.post(f"{label_studio}/api/projects/{project_id}/import", files=files,
+                  headers={"Authorization": f"Token {TOKEN}"}, timeout=120).raise_for_status()
+    env = _env(tmp_path, LABEL_STUDIO_URL=label_studio, LABEL_STUDIO_API_KEY=TOKEN)
+    done = _run(["--project", str(project_id), "--ray", "--workers", "2", "--batch-size", "3", "--report", "ray.json"],
+                tmp_path, env)
+    assert done.returncode == 1 and (tmp_path / "ray.json").is_file(), done.stderr[-3000:]
+    report = json.loads((tmp_path / "ray.json").read_text())
+    assert (report["done"], report["skipped"], report["failed"]) == (10, 0, 1)
+    assert "broken.png" in report["failures"][0]["reason"]
+    stored = _predictions_per_task(client, project_id)
+    assert stored.pop("broken.png") == []
+    assert all(versions == [report["model_version"]] for versions in stored.values()), stored
+    again = _run(["--project", str(project_id), "--report", "local.json"], tmp_path, env)
+    local = json.loads((tmp_path / "local.json").read_text())
+    assert local["model_version"] == report["model_version"]  # one version, whichever engine ran it
+    assert (local["done"], local["skipped"], local["failed"]) == (0, 10, 1), again.stderr
