@@ -52,6 +52,10 @@ class SeediffConfig:
 
     # SeeDiff (defaults from the reference demo, seediff_app.py, except where noted)
     seed_factor: int = 4  # cross-attention grid of the seeds (16x16 on SD1.5 at 512)
+    # Cross-attention layers (at seed_factor) the seeds read: block kinds ("down", "mid", "up") or
+    # layer-name prefixes ("up_blocks.2.attentions.1"). A model whose words bind in some layers only
+    # (measure with benchmarks/binding.py) seeds better from those.
+    seed_layers: tuple[str, ...] = ("down", "mid", "up")
     variance_floor: float = 1e-4  # a layer whose normalised map varies less than this ...
     flat_layer_weight: float = 0.01  # ... is damped by this weight
     expansion_factors: tuple[int, ...] = (4, 2, 1)  # self-attention grids, coarse to fine
@@ -65,6 +69,12 @@ class SeediffConfig:
     pamr_dilations: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     pamr_std_factor: float = 0.2
     final_threshold: float = 0.8
+    # Labels per object (ours): each object found (a connected region, split where colours differ by
+    # more than object_colour_tolerance) goes whole to the label whose share of the seed layers'
+    # cross-attention is largest over it, so one object never carries two labels and a label the
+    # image lacks keeps no mask unless it wins an object.
+    label_per_object: bool = False
+    object_colour_tolerance: float = 0.15
 
     # DiffSeg (official code's defaults; the COCO-Stuff benchmark used thresholds of 1.1)
     diffseg_anchors: int = 16  # anchors per side
@@ -94,6 +104,8 @@ class SeediffConfig:
         # JSON and CLI give lists and plain strings; keep the frozen config hashable-friendly.
         object.__setattr__(self, "expansion_factors", tuple(int(v) for v in self.expansion_factors))
         object.__setattr__(self, "pamr_dilations", tuple(int(v) for v in self.pamr_dilations))
+        layers = self.seed_layers
+        object.__setattr__(self, "seed_layers", (layers,) if isinstance(layers, str) else tuple(str(b) for b in layers))
         object.__setattr__(self, "diffseg_kl_thresholds", tuple(float(v) for v in self.diffseg_kl_thresholds))
         words = self.t2m_background_words
         object.__setattr__(self, "t2m_background_words", (words,) if isinstance(words, str) else tuple(words))
@@ -162,6 +174,9 @@ def _validate(config: SeediffConfig) -> None:
     if any(f < 1 or f & (f - 1) for f in factors):
         raise ValueError(f"map factors must be powers of two >= 1, got seed {config.seed_factor}, "
                          f"expansion {config.expansion_factors}")
+    if not config.seed_layers or not all(s in ("down", "mid", "up") or "_block" in s for s in config.seed_layers):
+        raise ValueError(f"seed_layers={config.seed_layers}; give block kinds ('down', 'mid', 'up') or layer-name "
+                         "prefixes ('up_blocks.2.attentions.1')")
     if list(config.expansion_factors) != sorted(config.expansion_factors, reverse=True):
         raise ValueError(f"expansion_factors={config.expansion_factors} must go coarse to fine, e.g. (4, 2, 1)")
     if not config.diffseg_kl_thresholds or config.diffseg_anchors < 2:

@@ -5,6 +5,7 @@ Maps are float tensors; K indexes labels; (h, w) is a grid aligned with the work
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -61,6 +62,8 @@ def upsample(maps: torch.Tensor, size: tuple[int, int], mode: str = "bicubic") -
     """(K, h, w) -> (K, *size); bicubic overshoot is clipped back into the input's range."""
     if maps.shape[-2:] == tuple(size) or maps.numel() == 0:
         return maps.float()
+    if mode in ("nearest", "area"):  # these take no align_corners
+        return F.interpolate(maps[None].float(), size=size, mode=mode)[0]
     out = F.interpolate(maps[None].float(), size=size, mode=mode, align_corners=False)[0]
     return out.clamp(float(maps.min()), float(maps.max())) if mode == "bicubic" else out
 
@@ -130,6 +133,54 @@ def resolve_overlaps(masks: torch.Tensor, strength: torch.Tensor) -> torch.Tenso
     winner = claimed.argmax(dim=0)
     labels = torch.arange(masks.shape[0], device=masks.device)[:, None, None]
     return masks.bool() & (winner[None] == labels)
+
+
+def label_objects(masks: torch.Tensor, evidence: torch.Tensor, image: torch.Tensor,
+                  colour_tolerance: float = 0.15) -> torch.Tensor:
+    """Labels per object, not per pixel: in each connected region of the masks' union, the parts
+    that different labels claim and that look alike (mean colours within ``colour_tolerance``) are
+    one object, and the whole object goes to the label with the most evidence over it. Parts of
+    different colour stay apart and are judged alone. A label that wins no object loses its mask,
+    which is how a label the image lacks ends up empty when it only claimed part of an object.
+
+    Args:
+        masks (`torch.Tensor`): (K, H, W) bool, disjoint.
+        evidence (`torch.Tensor`): (K, H, W) float, each label's evidence per pixel (e.g. its share of
+            the labels' cross-attention).
+        image (`torch.Tensor`): (3, H, W) float in [0, 1].
+        colour_tolerance (`float`): largest distance between two parts' mean RGB (0-1 scale, Euclidean)
+            for them to count as one object.
+
+    Returns:
+        (K, H, W) bool, disjoint, covering the same pixels as ``masks``.
+    """
+    import cv2
+
+    if masks.shape[0] < 2:
+        return masks.bool()
+    masks = masks.bool()
+    union = masks.any(dim=0)
+    count, components = cv2.connectedComponents(union.numpy().astype(np.uint8), connectivity=8)
+    components = torch.from_numpy(components)
+    pixels = image.float().flatten(1)  # (3, H*W)
+    out = torch.zeros_like(masks)
+    for index in range(1, count):
+        region = components == index
+        parts = [(k, masks[k] & region) for k in range(masks.shape[0]) if (masks[k] & region).any()]
+        colours = [pixels[:, part.flatten()].mean(dim=1) for _, part in parts]
+        groups: list[list[int]] = []  # greedy: a part joins the first group whose first part looks alike
+        for i, colour in enumerate(colours):
+            for group in groups:
+                if float((colours[group[0]] - colour).norm()) <= colour_tolerance:
+                    group.append(i)
+                    break
+            else:
+                groups.append([i])
+        for group in groups:
+            area = torch.stack([parts[i][1] for i in group]).any(dim=0)
+            winner = int(evidence[:, area].mean(dim=1).argmax())
+            out[winner] |= area
+    return out
 
 
 def contrast_score(evidence: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:

@@ -82,3 +82,29 @@ def test_bicubic_upsampling_stays_in_range():
     maps[0, 1:3, 1:3] = 1
     out = upsample(maps, (16, 16))
     assert out.shape == (1, 16, 16) and out.min() >= 0 and out.max() <= 1
+
+
+def test_label_objects_gives_each_object_whole_to_the_label_with_the_most_evidence():
+    from seediff_core.refine import label_objects
+
+    image = torch.full((3, 20, 30), 0.5)
+    image[:, 2:10, 2:12] = torch.tensor([0.9, 0.1, 0.1])[:, None, None]   # a red object
+    image[:, 12:18, 16:28] = torch.tensor([0.1, 0.1, 0.9])[:, None, None]  # a blue object
+    image[:, 12:18, 10:16] = torch.tensor([0.1, 0.9, 0.1])[:, None, None]  # a green one touching it
+    masks = torch.zeros(3, 20, 30, dtype=torch.bool)
+    masks[0, 2:10, 2:7] = True        # label 0 claims the red object's left half ...
+    masks[2, 2:10, 7:12] = True       # ... label 2 (absent from the image) its right half
+    masks[1, 12:18, 16:28] = True     # label 1: the blue object
+    masks[2, 12:18, 10:16] = True     # label 2 also claims the green object, which touches the blue
+    evidence = torch.zeros(3, 20, 30)
+    evidence[0, 2:10, 2:12] = 0.6
+    evidence[2, 2:10, 2:12] = 0.4     # label 0 has more evidence over the red object as a whole
+    evidence[1, 12:18, 10:28] = 0.3
+    evidence[2, 12:18, 10:16] = 0.7   # the green part is label 2's
+    out = label_objects(masks, evidence, image, colour_tolerance=0.15)
+    assert out[0].sum() == 80 and out[0, 2:10, 2:12].all()  # the whole red object
+    assert out[1].sum() == 72 and out[1, 12:18, 16:28].all()  # blue stays blue
+    assert out[2].sum() == 36 and out[2, 12:18, 10:16].all()  # green, told apart by its colour
+    assert ((out.sum(dim=0) == 1) == masks.any(dim=0)).all()  # disjoint, same pixels
+    merged = label_objects(masks, evidence, image, colour_tolerance=2.0)  # colours ignored: one object
+    assert merged[1].sum() == 108 and merged[2].sum() == 0  # 0.3 over all of it beats 0.7 over a third

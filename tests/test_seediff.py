@@ -171,3 +171,33 @@ def test_seed_competition_leaves_an_absent_label_empty():
     strict = get_method("seediff").segment(maps, SeediffConfig(seed_competition=True))
     assert not strict.masks[2].any()
     assert _iou(strict.masks[0].numpy(), truth == 1) >= 0.95 and _iou(strict.masks[1].numpy(), truth == 2) >= 0.95
+
+
+def test_seed_layers_pick_the_layers_the_seeds_read():
+    from seediff_core.attention import CROSS, Layer
+
+    available = [Layer("down_blocks.1.attentions.0.transformer_blocks.0.attn2", CROSS, 2, "down", 0),
+                 Layer("up_blocks.2.attentions.0.transformer_blocks.0.attn2", CROSS, 2, "up", 1),
+                 Layer("up_blocks.2.attentions.1.transformer_blocks.0.attn2", CROSS, 2, "up", 2),
+                 Layer("up_blocks.2.attentions.1.transformer_blocks.0.attn1", "self", 2, "up", 3)]
+    method = get_method("seediff")
+    pick = lambda **kw: sorted(n.split(".transformer")[0] for n in method.layers(available, SeediffConfig(  # noqa: E731
+        seed_factor=2, expansion_factors=(2,), **kw)) if n.endswith("attn2"))
+    assert pick() == ["down_blocks.1.attentions.0", "up_blocks.2.attentions.0", "up_blocks.2.attentions.1"]
+    assert pick(seed_layers=("up",)) == ["up_blocks.2.attentions.0", "up_blocks.2.attentions.1"]
+    assert pick(seed_layers=("up_blocks.2.attentions.1",)) == ["up_blocks.2.attentions.1"]
+    with pytest.raises(ValueError, match="up_blocks.2.attentions.0"):
+        method.layers(available, SeediffConfig(seed_factor=2, expansion_factors=(2,), seed_layers=("mid",)))
+    with pytest.raises(ValueError, match="seed_layers"):
+        SeediffConfig(seed_layers=("sideways",))
+
+
+def test_label_per_object_leaves_an_absent_label_that_claimed_half_an_object_empty():
+    maps, truth = _hand_built_maps(labels=("disk", "box", "absent"), regions=(1, 2, 1))
+    # The absent word looks at the disk too, one cell to the right of where "disk" looks.
+    maps.cross[4][:, 2] = torch.roll(maps.cross[4][:, 0], shifts=1, dims=-1)
+    plain = get_method("seediff").segment(maps, SeediffConfig())
+    per_object = get_method("seediff").segment(maps, SeediffConfig(label_per_object=True))
+    assert (plain.masks[2].numpy() & (truth == 1)).sum() > 100  # per pixel, it takes the disk's right edge
+    assert not per_object.masks[2].any()
+    assert _iou(per_object.masks[0].numpy(), truth == 1) >= 0.99 and _iou(per_object.masks[1].numpy(), truth == 2) >= 0.95

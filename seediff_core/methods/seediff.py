@@ -3,7 +3,7 @@
 Steps (reference demo ``seediff_app.py``; factors are relative to the latent grid, so factor 4 is
 SD1.5's 16x16 grid and factor 1 its 64x64 one):
 
-1. Seeds. Per cross-attention layer at ``seed_factor``: the label's map, min-max normalised; a
+1. Seeds. Per cross-attention layer at ``seed_factor`` (those ``seed_layers`` picks): the label's map, min-max normalised; a
    layer whose normalised map has variance <= ``variance_floor`` is damped by ``flat_layer_weight``.
    Sum over layers, min-max -> A. Seeds = pixels where A**2 is at or above its Otsu threshold.
 2. Expansion at the first factor: F = minmax(sum over seeds s of cos(S_i, S_s)), S the first
@@ -15,6 +15,10 @@ SD1.5's 16x16 grid and factor 1 its 64x64 one):
    min-max; mask = refined >= ``final_threshold``.
 5. Several labels: a pixel claimed by several masks goes to the label whose refined value (then
    expanded attention) is highest there; pixels no label claims are background.
+
+Optional (``label_per_object``, ours): each object (a connected region of the masks' union, split
+where colours differ) goes whole to the label with the largest share of the seed layers'
+cross-attention over it; see ``refine.label_objects``.
 
 Optional (``seed_competition``, ours): a seed cell must also be one where the label attends more,
 relative to its own image-wide mean, than every other label; labels that the prompt names but the
@@ -42,7 +46,8 @@ from ..attention import CROSS, SELF, Layer
 from ..config import SeediffConfig
 from ..hints import box_mask, point_mask
 from ..maps import AttentionMaps
-from ..refine import contrast_score, cosine_affinity_sum, minmax, otsu_threshold, pamr, resolve_overlaps, upsample
+from ..refine import (contrast_score, cosine_affinity_sum, label_objects, minmax, otsu_threshold, pamr,
+                      resolve_overlaps, upsample)
 from .base import MethodOutput
 
 
@@ -50,7 +55,13 @@ class SeeDiff:
     name: ClassVar[str] = "seediff"
 
     def layers(self, available: list[Layer], config: SeediffConfig) -> set[str]:
-        names = {layer.name for layer in available if layer.kind == CROSS and layer.factor == config.seed_factor}
+        names = {layer.name for layer in available if layer.kind == CROSS and layer.factor == config.seed_factor
+                 and seed_layer_wanted(layer, config.seed_layers)}
+        if not names:
+            have = sorted(layer.name.split(".transformer")[0] + f" (factor {layer.factor})"
+                          for layer in available if layer.kind == CROSS)
+            raise ValueError(f"no cross-attention layer at seed_factor {config.seed_factor} matches seed_layers "
+                             f"{list(config.seed_layers)}; the model has {have}")
         for factor in config.expansion_factors:
             names.add(first_self_layer(available, factor))
         return names
@@ -61,7 +72,19 @@ class SeeDiff:
         seeds_map = seed_maps(cross, valid, config.variance_floor, config.flat_layer_weight)
         owner = seed_owners(cross, valid, config.seed_competition_ratio) if config.seed_competition else None
         expanded = expand(seeds_map, maps, config.expansion_factors, owner)
-        return finalize(expanded, maps, config)
+        output = finalize(expanded, maps, config)
+        if config.label_per_object and not maps.hints:
+            size = tuple(maps.image.shape[-2:])
+            masks = label_objects(output.masks, upsample(label_share(cross), size, mode="bilinear"), maps.image,
+                                  config.object_colour_tolerance)
+            evidence = minmax(upsample(expanded, size), valid=maps.valid(size))
+            output = MethodOutput(soft=output.soft, masks=masks, scores=contrast_score(evidence, masks, maps.valid(size)))
+        return output
+
+
+def seed_layer_wanted(layer: Layer, wanted: tuple[str, ...]) -> bool:
+    """Does ``layer`` match a block kind or a layer-name prefix of ``wanted``?"""
+    return any(layer.block == w if w in ("down", "mid", "up") else layer.name.startswith(w) for w in wanted)
 
 
 def first_self_layer(available: list[Layer], factor: int) -> str:
@@ -81,6 +104,13 @@ def seed_maps(cross: torch.Tensor, valid: torch.Tensor, variance_floor: float, f
     flat = values.var(dim=-1, unbiased=False) <= variance_floor if values.shape[-1] > 1 else torch.ones(normed.shape[:2], dtype=torch.bool)
     normed = normed * torch.where(flat, flat_weight, 1.0)[..., None, None]
     return minmax(normed.sum(dim=0), valid=valid)
+
+
+def label_share(cross: torch.Tensor) -> torch.Tensor:
+    """(layers, K, h, w) cross-attention -> (K, h, w): each label's share of the labels' attention per
+    cell, summed over layers (which word a place asks for, whatever the words' overall levels)."""
+    summed = cross.float().clamp_min(0).sum(dim=0)
+    return summed / summed.sum(dim=0, keepdim=True).clamp_min(1e-12)
 
 
 def seed_owners(cross: torch.Tensor, valid: torch.Tensor, min_ratio: float = 2.0) -> torch.Tensor:
