@@ -75,6 +75,10 @@ class SeediffConfig:
     # image lacks keeps no mask unless it wins an object.
     label_per_object: bool = False
     object_colour_tolerance: float = 0.15
+    # Region score: "contrast" (expanded attention inside vs outside the mask), "share" (the mask's
+    # mean share of the labels' cross-attention: how surely its pixels ask for this word rather than
+    # another) or "contrast*share". benchmarks/calibration.py measures which predicts IoU best.
+    seediff_score: str = "contrast"
 
     # DiffSeg (official code's defaults; the COCO-Stuff benchmark used thresholds of 1.1)
     diffseg_anchors: int = 16  # anchors per side
@@ -161,6 +165,8 @@ def _validate(config: SeediffConfig) -> None:
         raise ValueError(f"timestep={config.timestep} is outside 0..999")
     if config.noise_draws < 1:
         raise ValueError(f"noise_draws={config.noise_draws}; need at least 1")
+    if config.seediff_score not in ("contrast", "share", "contrast*share"):
+        raise ValueError(f"seediff_score={config.seediff_score!r}; expected 'contrast', 'share' or 'contrast*share'")
     if config.batch_size < 1:
         raise ValueError(f"batch_size={config.batch_size}; need at least 1")
     if config.inversion_steps < 1:

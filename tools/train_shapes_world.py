@@ -399,7 +399,7 @@ def probe_binding(work: Path, args, wait: bool = False) -> None:
     shutil.copytree(work / "export", export_copy)  # the next export may replace the folder mid-probe
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "binding.py"
     command = [sys.executable, str(script), "--model", str(export_copy), "--threads", "1", "--scenes", str(args.probe),
-               "--seed-grid", "4", "--history", str(work / "binding.jsonl"), "--curve", str(work / "binding.png"),
+               "--seed-grid", "8", "--history", str(work / "binding.jsonl"), "--curve", str(work / "binding.png"),
                "--log", str(work / "train.log"), "--timesteps", "50", "200"]
     with open(work / "binding.out", "a") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)

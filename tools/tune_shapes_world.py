@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from seediff_core.config import make_config  # noqa: E402
-from seediff_core.evaluation import evaluate_scenes  # noqa: E402
+from seediff_core.evaluation import LABEL_VARIANTS, evaluate_scenes  # noqa: E402
 from seediff_core.methods import method_defaults  # noqa: E402
 from seediff_core.pipeline import Segmenter  # noqa: E402
 from seediff_core.scenes import TUNE_SEEDS  # noqa: E402
@@ -29,7 +29,10 @@ SEARCH = {
     "seediff": {
         "noise_mode": ["invert", "noise"],
         "timestep": [50, 100, 200, 300, 500],
-        "factors": [(1, (1,)), (2, (2, 1)), (4, (4, 2, 1)), (4, (2, 1)), (2, (1,))],
+        "factors": [(1, (1,)), (2, (2, 1)), (4, (4, 2, 1)), (2, (4, 2, 1)), (4, (2, 1)), (2, (1,))],
+        "seed_layers": [("down", "mid", "up"), ("up",), ("up_blocks.2.attentions.1",), ("up_blocks.3",)],
+        "label_per_object": [False, True],
+        "object_colour_tolerance": [0.1, 0.15, 0.25],
         "seed_competition": [False, True],
         "seed_competition_ratio": [1.5, 2.0, 3.0],
         "expansion_threshold": [0.2, 0.3, 0.4, 0.5],
@@ -67,11 +70,10 @@ def expand(name: str, value) -> dict:
     return {name: value}
 
 
-def score(segmenter: Segmenter, seeds, settings: dict, size: int) -> float:
-    """Mean mIoU over the three label variants; in "all-shapes" the absent shapes' masks count
-    against them, so settings that label what is not there lose."""
-    values = [evaluate_scenes(segmenter, seeds, size, variant, **settings).miou
-              for variant in ("shapes", "colour-shapes", "all-shapes")]
+def score(segmenter: Segmenter, seeds, settings: dict, size: int, variants=LABEL_VARIANTS) -> float:
+    """Mean mIoU over the label variants; in "all-shapes" the absent shapes' masks count against
+    them, so settings that label what is not there lose."""
+    values = [evaluate_scenes(segmenter, seeds, size, variant, **settings).miou for variant in variants]
     return sum(values) / len(values)
 
 
@@ -84,6 +86,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--set", dest="extra", action="append", default=[], metavar="NAME=VALUE",
                         help="fixed settings for this model (kept in the written section)")
+    parser.add_argument("--variants", nargs="+", default=list(LABEL_VARIANTS), choices=LABEL_VARIANTS,
+                        help="label variants whose mean mIoU is maximised")
+    parser.add_argument("--only", nargs="+", default=None, help="search only these settings")
     parser.add_argument("--write", action="store_true", help="write the result to the model's seediff.json")
     args = parser.parse_args()
 
@@ -97,16 +102,22 @@ def main() -> None:
             best[name] = json.loads(value)
         except json.JSONDecodeError:
             best[name] = value
-    best_score = score(segmenter, seeds, best, args.size)
+    best_score = score(segmenter, seeds, best, args.size, args.variants)
     print(f"start {best_score:.4f} with the model's current settings", flush=True)
     for round_index in range(args.rounds):
         for name, values in SEARCH[args.method].items():
+            if args.only and name not in args.only:
+                continue
             for value in values:
                 trial = {**best, **expand(name, value)}
                 if trial == best:
                     continue
                 start = time.perf_counter()
-                value_score = score(segmenter, seeds, trial, args.size)
+                try:
+                    value_score = score(segmenter, seeds, trial, args.size, args.variants)
+                except ValueError as exc:  # e.g. layers this model lacks at that factor
+                    print(f"round {round_index + 1} {name}={value}: not applicable ({exc})", flush=True)
+                    continue
                 print(f"round {round_index + 1} {name}={value}: {value_score:.4f} ({time.perf_counter() - start:.0f} s)", flush=True)
                 if value_score > best_score + 1e-4:
                     best, best_score = trial, value_score

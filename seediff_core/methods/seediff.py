@@ -32,8 +32,10 @@ Deviations from the demo, and why: statistics (min-max, Otsu) ignore the padding
 aspect ratio; PAMR uses dilations (1, 2, 4, 8, 16, 32) for 30 iterations instead of dilation 1 for
 5000 (similar reach, ~100x less work); the demo's per-seed Python loop is the equivalent matrix product.
 
-Score: contrast of the expanded attention (step 3's F at image size) between the label's mask and
-the rest of the image, in [0, 1] (see ``refine.contrast_score``). Low scores flag masks to review.
+Score (``seediff_score``): "contrast" of the expanded attention (step 3's F at image size) between
+the label's mask and the rest of the image (``refine.contrast_score``); "share", the mask's mean
+share of the labels' cross-attention in the seed layers; or their geometric mean. All in [0, 1];
+low scores flag masks to review.
 """
 
 from __future__ import annotations
@@ -73,13 +75,19 @@ class SeeDiff:
         owner = seed_owners(cross, valid, config.seed_competition_ratio) if config.seed_competition else None
         expanded = expand(seeds_map, maps, config.expansion_factors, owner)
         output = finalize(expanded, maps, config)
+        size = tuple(maps.image.shape[-2:])
+        valid = maps.valid(size)
+        share = upsample(label_share(cross), size, mode="bilinear")
+        masks = output.masks
         if config.label_per_object and not maps.hints:
-            size = tuple(maps.image.shape[-2:])
-            masks = label_objects(output.masks, upsample(label_share(cross), size, mode="bilinear"), maps.image,
-                                  config.object_colour_tolerance)
-            evidence = minmax(upsample(expanded, size), valid=maps.valid(size))
-            output = MethodOutput(soft=output.soft, masks=masks, scores=contrast_score(evidence, masks, maps.valid(size)))
-        return output
+            masks = label_objects(masks, share, maps.image, config.object_colour_tolerance)
+        scores = contrast_score(minmax(upsample(expanded, size), valid=valid), masks, valid)
+        if config.seediff_score != "contrast":
+            inside = (masks & valid).float()
+            mean_share = (share * inside).sum(dim=(-2, -1)) / inside.sum(dim=(-2, -1)).clamp_min(1)
+            scores = mean_share if config.seediff_score == "share" else (scores * mean_share).sqrt()
+            scores = torch.where(inside.flatten(1).any(dim=1), scores, torch.zeros_like(scores))
+        return MethodOutput(soft=output.soft, masks=masks, scores=scores)
 
 
 def seed_layer_wanted(layer: Layer, wanted: tuple[str, ...]) -> bool:
