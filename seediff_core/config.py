@@ -75,6 +75,9 @@ class SeediffConfig:
     # image lacks keeps no mask unless it wins an object.
     label_per_object: bool = False
     object_colour_tolerance: float = 0.15
+    # ... and an object over which the labels' words are looked up less than this (their summed
+    # attention over it, relative to the image's maximum) is background and dropped (0 = keep all).
+    object_min_attention: float = 0.0
     # Region score: "contrast" (expanded attention inside vs outside the mask), "share" (the mask's
     # mean share of the labels' cross-attention: how surely its pixels ask for this word rather than
     # another) or "contrast*share". benchmarks/calibration.py measures which predicts IoU best.

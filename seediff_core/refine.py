@@ -136,7 +136,8 @@ def resolve_overlaps(masks: torch.Tensor, strength: torch.Tensor) -> torch.Tenso
 
 
 def label_objects(masks: torch.Tensor, evidence: torch.Tensor, image: torch.Tensor,
-                  colour_tolerance: float = 0.15) -> torch.Tensor:
+                  colour_tolerance: float = 0.15, strength: torch.Tensor | None = None,
+                  min_strength: float = 0.0) -> torch.Tensor:
     """Labels per object, not per pixel: in each connected region of the masks' union, the parts
     that different labels claim and that look alike (mean colours within ``colour_tolerance``) are
     one object, and the whole object goes to the label with the most evidence over it. Parts of
@@ -150,9 +151,12 @@ def label_objects(masks: torch.Tensor, evidence: torch.Tensor, image: torch.Tens
         image (`torch.Tensor`): (3, H, W) float in [0, 1].
         colour_tolerance (`float`): largest distance between two parts' mean RGB (0-1 scale, Euclidean)
             for them to count as one object.
+        strength (`torch.Tensor`, *optional*): (H, W) float in [0, 1], how much the labels' words are
+            looked up at each pixel at all; an object whose mean strength is below ``min_strength``
+            is no object of any label (background that a label's seeds grew into) and is dropped.
 
     Returns:
-        (K, H, W) bool, disjoint, covering the same pixels as ``masks``.
+        (K, H, W) bool, disjoint, covering the pixels of ``masks`` less the dropped objects.
     """
     import cv2
 
@@ -178,6 +182,8 @@ def label_objects(masks: torch.Tensor, evidence: torch.Tensor, image: torch.Tens
                 groups.append([i])
         for group in groups:
             area = torch.stack([parts[i][1] for i in group]).any(dim=0)
+            if strength is not None and float(strength[area].mean()) < min_strength:
+                continue
             winner = int(evidence[:, area].mean(dim=1).argmax())
             out[winner] |= area
     return out

@@ -27,7 +27,8 @@ from seediff_core.evaluation import iou
 from seediff_core.scenes import TEST_SEEDS, make_scene, render
 
 SIZE = 256
-FOREGROUND_IOU_FLOOR = 0.5
+SCENES = 6
+LABEL_IOU_FLOOR = 0.6
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def _scenes():
         scene = make_scene(seed)
         if len(scene.objects) == 2 and len({o.shape for o in scene.objects}) == 2:
             picked.append(render(scene, SIZE))
-        if len(picked) == 3:
+        if len(picked) == SCENES:
             return picked
     raise AssertionError("not enough scenes")
 
@@ -112,26 +113,29 @@ def test_retrieve_predictions_in_a_real_label_studio(label_studio, backend, tag)
     client.actions.create(id="retrieve_tasks_predictions", project=project.id, selected_items={"all": True, "excluded": []})
 
     tasks = {Path(t.data["image"]).name.split("-", 1)[-1]: t for t in client.tasks.list(project=project.id)}
-    assert len(tasks) == 4
+    assert len(tasks) == SCENES + 1
     broken = list(client.predictions.list(task=tasks["broken.png"].id))
     assert broken == []
     assert "broken.png" in backend_log.read_text()  # logged with its task, the batch went on
-    foreground = []
+    label_ious, absent_regions = [], 0
     for i, rendered in enumerate(scenes):
         (prediction,) = list(client.predictions.list(task=tasks[f"scene{i}.png"].id))
         assert prediction.model_version == ml.model_version
         assert 0 <= prediction.score <= 1
+        predicted: dict[str, np.ndarray] = {}
         for region in prediction.result:
             assert region["type"] == tag.lower() and region["from_name"] == "label" and region["to_name"] == "image"
             assert (region["original_width"], region["original_height"]) == (SIZE, SIZE)
-        predicted = np.zeros((SIZE, SIZE), bool)
-        for region in prediction.result:
             (label,) = region["value"][tag.lower()]
             assert label in labels
-            predicted |= _decode(region)
-        foreground.append(iou(predicted, np.any(np.stack(rendered.masks), axis=0)))
-    # The decoded regions must lie on the objects, at the image's size and orientation. Measured on
-    # the shipped model through the library: 0.56, 0.39 and 0.96 on these scenes (mean 0.64; chance,
-    # a random mask of the objects' size, ~0.15). Which label each object gets is NOT checked here:
-    # shapes-world does not bind shape words to regions (tests/test_quality.py, benchmarks/README.md).
-    assert np.mean(foreground) >= FOREGROUND_IOU_FLOOR, (tag, foreground)
+            predicted[label] = predicted.get(label, np.zeros((SIZE, SIZE), bool)) | _decode(region)
+        present = {o.shape for o in rendered.scene.objects}
+        absent_regions += len(set(predicted) - present)
+        label_ious += [iou(predicted.get(label, np.zeros((SIZE, SIZE), bool)), rendered.label_mask(label))
+                       for label in sorted(present)]
+    # Each label's regions, decoded from what Label Studio stored, must lie on the objects of that
+    # label, at the image's size and orientation. Measured through the library on these scenes: mean
+    # 0.734 over the 12 present labels (10 right, 2 objects mislabelled); a label at random scores ~0.3.
+    assert np.mean(label_ious) >= LABEL_IOU_FLOOR, (tag, [round(v, 3) for v in label_ious])
+    # Labels the scenes lack: measured 3 of the 12 absent (scene, label) pairs got a region.
+    assert absent_regions <= 4, (tag, absent_regions)

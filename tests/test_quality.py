@@ -20,17 +20,24 @@ from seediff_core.evaluation import evaluate_scenes, iou
 from seediff_core.scenes import TEST_SEEDS, colour_mask, make_scene, render
 
 
+SCENES = 30
+
+
 @pytest.fixture(scope="module")
 def segmenter():
     return Segmenter.from_name("shapes-world", device="cpu")
 
 
-def test_seediff_is_far_above_chance_on_held_out_scenes(segmenter):
-    scores = evaluate_scenes(segmenter, TEST_SEEDS[:10], size=256, variant="shapes")
-    # Chance: a random mask of the right size scores about the object's share of the image (~0.1).
-    # Measured 0.43 here and 0.39 on the 200-scene benchmark (benchmarks/README.md); the floor sits
-    # between chance and that, so a regression to chance fails while scene-to-scene noise does not.
-    assert scores.miou >= 0.3, scores.per_label()
+@pytest.mark.timeout(300)
+def test_seediff_labels_held_out_scenes_with_every_label_asked(segmenter):
+    """As a Label Studio project asks: all four shape labels on every image, absent ones included
+    (a mask given to an absent label counts against it)."""
+    scores = evaluate_scenes(segmenter, TEST_SEEDS[:SCENES], size=256, variant="all-shapes")
+    # Measured 0.798 on these scenes (200-scene benchmark: benchmarks/README.md); chance, a random
+    # label per saturated blob, is 0.14 ("nomodel" there); the first shapes-world: 0.14.
+    assert scores.miou >= 0.75, scores.per_label()
+    # Absent labels: measured 0.106 of them still got a mask (the first shapes-world: 0.80).
+    assert scores.absent_false_positive_rate <= 0.15
 
 
 def _two_shape_scenes(count: int):
@@ -44,32 +51,30 @@ def _two_shape_scenes(count: int):
     raise AssertionError("not enough two-shape scenes")
 
 
+@pytest.mark.timeout(300)
 def test_masks_cover_the_objects_and_not_the_background(segmenter):
     """Whatever label a mask carries, the union of the masks must be the objects: this is what
     self-attention gives the method, independently of which word points where."""
     scores = []
-    for rendered in _two_shape_scenes(10):
+    for rendered in _two_shape_scenes(SCENES):
         result = segmenter.segment(Image.fromarray(rendered.image), ["circle", "square", "triangle", "star"])
         predicted = np.any(np.stack([m.mask > 0 for m in result.masks]), axis=0)
         scores.append(iou(predicted, np.any(np.stack(rendered.masks), axis=0)))
-    # Chance (a random mask of the objects' size) is their share of the image, ~0.15.
-    assert np.mean(scores) >= 0.6, [round(s, 3) for s in scores]
+    # Measured 0.924; chance (a random mask of the objects' size) is their share of the image, ~0.15.
+    assert np.mean(scores) >= 0.88, [round(s, 3) for s in scores]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "shapes-world's cross-attention does not bind shape words to their regions: over 30 two-shape "
-    "scenes the named shape got the more attention in 0.42-0.62 of cases depending on layer and "
-    "timestep (chance 0.5), see benchmarks/README.md. strict: when a better model passes, this fails "
-    "as XPASS so the marker goes."))
+@pytest.mark.timeout(300)
 def test_two_different_shapes_in_one_scene_get_the_right_labels(segmenter):
     right = []
-    for rendered in _two_shape_scenes(10):
+    for rendered in _two_shape_scenes(SCENES):
         shapes = [o.shape for o in rendered.scene.objects]
         result = segmenter.segment(Image.fromarray(rendered.image), shapes)
         for label, other in (shapes, shapes[::-1]):
             right.append(iou(result[label].mask, rendered.label_mask(label))
                          > iou(result[label].mask, rendered.label_mask(other)))
-    assert np.mean(right) >= 0.8, right
+    # Measured 0.967 (the first shapes-world, whose text encoder had collapsed: 0.43; chance 0.5).
+    assert np.mean(right) >= 0.9, right
 
 
 def test_baseline_runs_through_the_same_path(segmenter):

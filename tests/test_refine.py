@@ -108,3 +108,19 @@ def test_label_objects_gives_each_object_whole_to_the_label_with_the_most_eviden
     assert ((out.sum(dim=0) == 1) == masks.any(dim=0)).all()  # disjoint, same pixels
     merged = label_objects(masks, evidence, image, colour_tolerance=2.0)  # colours ignored: one object
     assert merged[1].sum() == 108 and merged[2].sum() == 0  # 0.3 over all of it beats 0.7 over a third
+
+
+def test_label_objects_drops_objects_the_words_are_not_looked_up_on():
+    from seediff_core.refine import label_objects
+
+    image = torch.full((3, 10, 20), 0.5)
+    masks = torch.zeros(2, 10, 20, dtype=torch.bool)
+    masks[0, 1:5, 1:5] = True    # an object
+    masks[1, 6:9, 12:18] = True  # background that a seed grew into
+    evidence = torch.stack([masks[0].float(), masks[1].float()])
+    strength = torch.zeros(10, 20)
+    strength[1:5, 1:5] = 0.9
+    strength[6:9, 12:18] = 0.1
+    kept = label_objects(masks, evidence, image, 0.15, strength, min_strength=0.25)
+    assert kept[0].sum() == 16 and not kept[1].any()
+    assert label_objects(masks, evidence, image, 0.15, strength, min_strength=0.0)[1].sum() == 18

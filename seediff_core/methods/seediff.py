@@ -80,7 +80,10 @@ class SeeDiff:
         share = upsample(label_share(cross), size, mode="bilinear")
         masks = output.masks
         if config.label_per_object and not maps.hints:
-            masks = label_objects(masks, share, maps.image, config.object_colour_tolerance)
+            strength = minmax(upsample(cross.float().clamp_min(0).sum(dim=(0, 1))[None], size, mode="bilinear"),
+                              valid=valid)[0]
+            masks = label_objects(masks, share, maps.image, config.object_colour_tolerance, strength,
+                                  config.object_min_attention)
         scores = contrast_score(minmax(upsample(expanded, size), valid=valid), masks, valid)
         if config.seediff_score != "contrast":
             inside = (masks & valid).float()
