@@ -81,15 +81,12 @@ def prelabel(project, view, task_ids, limit, source, target, config_file, labels
         usage("give --project ID (a Label Studio project) or --from tasks.json|folder (with --to out.json)")
     if source is not None and target is None and not dry_run:
         usage("--from needs --to out.json, where the tasks with their predictions go")
-    params = {}
-    for item in extra:
-        name, sep, value = item.partition("=")
-        if not sep:
-            usage(f"--set {item!r}: expected NAME=VALUE")
-        try:
-            params[name] = json.loads(value)
-        except json.JSONDecodeError:
-            params[name] = value
+    from seediff_core.config import parse_assignments
+
+    try:
+        params = parse_assignments(extra)
+    except ValueError as exc:
+        usage(f"--set: {exc}")
     try:
         overrides = dict(model=model, model_dir=model_dir, method=method, device=device)
         if source is not None:

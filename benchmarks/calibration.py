@@ -12,7 +12,6 @@ Each of SeeDiff's ``seediff_score`` options is measured on the same masks.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from seediff_core.config import parse_assignments  # noqa: E402
 from seediff_core.evaluation import iou  # noqa: E402
 from seediff_core.pipeline import Segmenter  # noqa: E402
 from seediff_core.scenes import SHAPES, TEST_SEEDS, make_scene, render  # noqa: E402
@@ -58,13 +58,7 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=200)
     parser.add_argument("--set", dest="extra", action="append", default=[], metavar="NAME=VALUE")
     args = parser.parse_args()
-    settings = {}
-    for item in args.extra:
-        name, _, value = item.partition("=")
-        try:
-            settings[name] = json.loads(value)
-        except json.JSONDecodeError:
-            settings[name] = value
+    settings = parse_assignments(args.extra)
     segmenter = Segmenter.from_name(args.model, device="cpu")
     print(f"{args.scenes} test scenes, labels {list(SHAPES)} on every image, model {args.model}")
     print(f"{'score':<16} {'regions':>7} {'Spearman':>9} {'tasks':>6} {'Spearman':>9}")

@@ -30,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from seediff_core.config import parse_assignments  # noqa: E402
 from seediff_core.evaluation import LABEL_VARIANTS, IoUAccumulator, evaluate_scenes, evaluate_segments, scene_labels  # noqa: E402
 from seediff_core.pipeline import Segmenter  # noqa: E402
 from seediff_core.scenes import TEST_SEEDS, TUNE_SEEDS, make_scene, render  # noqa: E402
@@ -85,13 +86,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
 
-    settings = {}
-    for item in args.extra:
-        name, _, value = item.partition("=")
-        try:
-            settings[name] = json.loads(value)
-        except json.JSONDecodeError:
-            settings[name] = value
+    settings = parse_assignments(args.extra)
     segmenter = Segmenter.from_name(args.model, **settings)
     seeds = list((TEST_SEEDS if args.split == "test" else TUNE_SEEDS)[: args.scenes])
     forward = unet_forward_seconds(segmenter)

@@ -93,14 +93,12 @@ def build_segmenter(model: str, extra: tuple[str, ...], **settings: Any):
     from .models import load_model
     from .pipeline import Segmenter
 
-    for item in extra:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--set")
-        try:
-            settings[name.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            settings[name.strip()] = value
+    from .config import parse_assignments
+
+    try:
+        settings.update(parse_assignments(extra))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--set") from exc
     settings = {k: v for k, v in settings.items() if v is not None}
     return Segmenter(load_model(model, settings.get("device"), settings.get("dtype")), **settings)
 

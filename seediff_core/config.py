@@ -135,6 +135,25 @@ class SeediffConfig:
         return out
 
 
+def parse_assignments(items) -> dict[str, Any]:
+    """["timestep=300", "seed_layers=[\"up\"]", "method=t2m"] -> {"timestep": 300, ...}: each value
+    read as JSON, else kept as the string (the command lines' --set).
+
+    Raises:
+        ValueError: an item without "=".
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = str(item).partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"{item!r} is not NAME=VALUE, e.g. timestep=300")
+        try:
+            out[name.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[name.strip()] = value
+    return out
+
+
 def make_config(
     model: str | None = None,
     model_dir: str | Path | None = None,

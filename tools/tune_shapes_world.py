@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from seediff_core.config import make_config  # noqa: E402
+from seediff_core.config import make_config, parse_assignments  # noqa: E402
 from seediff_core.evaluation import LABEL_VARIANTS, evaluate_scenes  # noqa: E402
 from seediff_core.methods import method_defaults  # noqa: E402
 from seediff_core.pipeline import Segmenter  # noqa: E402
@@ -96,12 +96,7 @@ def main() -> None:
     segmenter.latent_cache.size = 4 * args.scenes  # every scene's latents at every timestep tried stay cached
     seeds = list(TUNE_SEEDS[: args.scenes])
     best: dict = {"method": args.method}
-    for item in args.extra:
-        name, _, value = item.partition("=")
-        try:
-            best[name] = json.loads(value)
-        except json.JSONDecodeError:
-            best[name] = value
+    best.update(parse_assignments(args.extra))
     best_score = score(segmenter, seeds, best, args.size, args.variants)
     print(f"start {best_score:.4f} with the model's current settings", flush=True)
     for round_index in range(args.rounds):
