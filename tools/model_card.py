@@ -176,7 +176,14 @@ EMA 0.999, {training.get('cached_latents', 'n/a')} cached scene latents. Two sin
 fresh (they read the text), then trained {training.get('unet_steps', 'n/a')} steps on patterned scenes
 (last loss {training.get('unet_last_loss', 'n/a')}); the VAE was fine-tuned {training.get('vae_steps', 'n/a')} steps;
 {training.get('compute_hours', 'n/a')} hours of compute for this version (VAE, latent cache and UNet).
-Reproduce: see the usage at the top of `tools/train_shapes_world.py` (`--init` for the warm starts).
+Reproduce (V1 = the first version's folder, `git show 65e8b11:seediff_core/weights/shapes-world/...`):
+
+    python tools/train_shapes_world.py vae --work runs/sw2 --minutes 14 --threads 2 --lr 5e-4 --init V1
+    torchrun --nproc_per_node 2 tools/train_shapes_world.py cache --work runs/sw2 --scenes 20000
+    torchrun --nproc_per_node 2 tools/train_shapes_world.py unet --work runs/sw2 --steps 4335 --init V1 --probe 60
+    python tools/train_shapes_world.py export --work runs/sw2 --out seediff_core/weights/shapes-world
+
+then `tools/tune_shapes_world.py` per method and `tools/model_card.py --work runs/sw2`.
 
 ## Word binding
 `benchmarks/binding.py` on held-out two-object scenes: {binding_text}.
