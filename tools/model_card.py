@@ -180,7 +180,7 @@ Reproduce (V1 = the first version's folder, `git show 65e8b11:seediff_core/weigh
 
     python tools/train_shapes_world.py vae --work runs/sw2 --minutes 14 --threads 2 --lr 5e-4 --init V1
     torchrun --nproc_per_node 2 tools/train_shapes_world.py cache --work runs/sw2 --scenes 20000
-    torchrun --nproc_per_node 2 tools/train_shapes_world.py unet --work runs/sw2 --steps 4335 --init V1 --probe 60
+    torchrun --nproc_per_node 2 tools/train_shapes_world.py unet --work runs/sw2 --minutes 120 --steps 4335 --init V1 --probe 60
     python tools/train_shapes_world.py export --work runs/sw2 --out seediff_core/weights/shapes-world
 
 then `tools/tune_shapes_world.py` per method and `tools/model_card.py --work runs/sw2`.
