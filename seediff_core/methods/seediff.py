@@ -74,23 +74,7 @@ class SeeDiff:
         seeds_map = seed_maps(cross, valid, config.variance_floor, config.flat_layer_weight)
         owner = seed_owners(cross, valid, config.seed_competition_ratio) if config.seed_competition else None
         expanded = expand(seeds_map, maps, config.expansion_factors, owner)
-        output = finalize(expanded, maps, config)
-        size = tuple(maps.image.shape[-2:])
-        valid = maps.valid(size)
-        share = upsample(label_share(cross), size, mode="bilinear")
-        masks = output.masks
-        if config.label_per_object and not maps.hints:
-            strength = minmax(upsample(cross.float().clamp_min(0).sum(dim=(0, 1))[None], size, mode="bilinear"),
-                              valid=valid)[0]
-            masks = label_objects(masks, share, maps.image, config.object_colour_tolerance, strength,
-                                  config.object_min_attention)
-        scores = contrast_score(minmax(upsample(expanded, size), valid=valid), masks, valid)
-        if config.seediff_score != "contrast":
-            inside = (masks & valid).float()
-            mean_share = (share * inside).sum(dim=(-2, -1)) / inside.sum(dim=(-2, -1)).clamp_min(1)
-            scores = mean_share if config.seediff_score == "share" else (scores * mean_share).sqrt()
-            scores = torch.where(inside.flatten(1).any(dim=1), scores, torch.zeros_like(scores))
-        return MethodOutput(soft=output.soft, masks=masks, scores=scores)
+        return finalize(expanded, cross, maps, config)
 
 
 def seed_layer_wanted(layer: Layer, wanted: tuple[str, ...]) -> bool:
@@ -201,8 +185,9 @@ def _hint_masks(maps: AttentionMaps, grid: tuple[int, int], valid: torch.Tensor)
     return allowed, negatives
 
 
-def finalize(expanded: torch.Tensor, maps: AttentionMaps, config: SeediffConfig) -> MethodOutput:
-    """Step 4-5 on the working image."""
+def finalize(expanded: torch.Tensor, cross: torch.Tensor, maps: AttentionMaps, config: SeediffConfig) -> MethodOutput:
+    """Step 4-5 on the working image, then labels per object and the score (``cross``: the seed
+    layers' (layers, K, h, w) cross-attention)."""
     size = tuple(maps.image.shape[-2:])
     valid = maps.valid(size)
     evidence = minmax(upsample(expanded, size), valid=valid)
@@ -212,4 +197,17 @@ def finalize(expanded: torch.Tensor, maps: AttentionMaps, config: SeediffConfig)
     refined = minmax(refined, valid=valid) * valid
     masks = (refined >= config.final_threshold) & allowed
     masks = resolve_overlaps(masks, refined + 1e-3 * evidence)
-    return MethodOutput(soft=refined, masks=masks, scores=contrast_score(evidence, masks, valid))
+    per_object = config.label_per_object and not maps.hints
+    share = upsample(label_share(cross), size, mode="bilinear") if per_object or config.seediff_score != "contrast" else None
+    if per_object:
+        strength = minmax(upsample(cross.float().clamp_min(0).sum(dim=(0, 1))[None], size, mode="bilinear"),
+                          valid=valid)[0]
+        masks = label_objects(masks, share, maps.image, config.object_colour_tolerance, strength,
+                              config.object_min_attention)
+    scores = contrast_score(evidence, masks, valid)
+    if share is not None and config.seediff_score != "contrast":
+        inside = (masks & valid).float()
+        mean_share = (share * inside).sum(dim=(-2, -1)) / inside.sum(dim=(-2, -1)).clamp_min(1)
+        scores = mean_share if config.seediff_score == "share" else (scores * mean_share).sqrt()
+        scores = torch.where(inside.flatten(1).any(dim=1), scores, torch.zeros_like(scores))
+    return MethodOutput(soft=refined, masks=masks, scores=scores)
