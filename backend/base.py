@@ -13,6 +13,7 @@ from typing import Any
 
 from label_studio_sdk.label_interface import LabelInterface
 
+from .errors import RequestError
 from .state import ProjectState
 
 TRAIN_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED", "START_TRAINING")
@@ -32,9 +33,13 @@ class LabelStudioMLBase:
         self.project_id = str(project_id)
         self._state = state
         if label_config:
+            self.label_interface = parse_label_config(label_config)  # stored only once it parses
             self.set("label_config", label_config)
         self.label_config = label_config or self.get("label_config")
-        self.label_interface = LabelInterface(self.label_config) if self.label_config else None
+        self.label_interface = parse_label_config(self.label_config) if self.label_config else None
+        # Per index of the last ``predict``'s tasks, why that task got no prediction; the server
+        # reports them next to the results (Label Studio ignores the extra key).
+        self.task_errors: dict[int, str] = {}
         if extra_params is not None:
             self.set("extra_params", json.dumps(extra_params))
         self.extra_params: dict[str, Any] = json.loads(self.get("extra_params") or "{}") or {}
@@ -60,3 +65,13 @@ class LabelStudioMLBase:
     @property
     def model_version(self) -> str:
         return self.get("model_version") or "0.0.1"
+
+
+def parse_label_config(xml: str) -> LabelInterface:
+    """Raises RequestError (field ``label_config``) when the config is not a labeling config."""
+    try:
+        return LabelInterface(xml)
+    except Exception as exc:  # the SDK raises ParseError, ValueError or KeyError for broken configs
+        reason = str(exc).splitlines()[0][:200] if str(exc) else "it does not parse"
+        raise RequestError("label_config", f"not a valid labeling config XML ({reason})",
+                           'send the project\'s config, e.g. <View><Image name="image" value="$image"/>...</View>') from None

@@ -17,6 +17,7 @@ from typing import ClassVar
 import cv2
 import numpy as np
 
+from .errors import RequestError
 from .rle import mask_to_rle
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ def parse_targets(label_interface) -> list[ImageTarget]:
     """The Image objects seediff can label, with their controls.
 
     Raises:
-        ValueError: no BrushLabels, PolygonLabels or BitmaskLabels control points at an Image.
+        RequestError (a ValueError): no BrushLabels, PolygonLabels or BitmaskLabels control points at an Image.
     """
     targets: dict[str, ImageTarget] = {}
     for control in label_interface.controls:
@@ -139,7 +140,10 @@ def parse_targets(label_interface) -> list[ImageTarget]:
         if cls is None:
             continue
         for to_name in control.to_name:
-            obj = label_interface.get_object(to_name)
+            try:
+                obj = label_interface.get_object(to_name)
+            except Exception:  # the SDK raises a bare Exception for an unknown name
+                obj = None
             if obj is None or obj.tag != "Image":
                 log.info("control %r labels %r, which is not an Image: ignored", control.name, to_name)
                 continue
@@ -155,8 +159,8 @@ def parse_targets(label_interface) -> list[ImageTarget]:
             target = targets.setdefault(to_name, ImageTarget(to_name, value[1:], []))
             target.controls.append(cls(control.name, to_name, list(control.labels), words))
     if not targets:
-        raise ValueError(
-            "the labeling config has no BrushLabels, PolygonLabels or BitmaskLabels control on an Image; "
+        raise RequestError(
+            "label_config", "has no BrushLabels, PolygonLabels or BitmaskLabels control on an Image",
             'add one, e.g. <Image name="image" value="$image"/> <BrushLabels name="tag" toName="image">'
             '<Label value="cat"/></BrushLabels>'
         )

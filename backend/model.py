@@ -16,6 +16,7 @@ from seediff_core.hints import Hints
 from . import quality
 from .base import LabelStudioMLBase
 from .controls import ImageTarget, parse_targets
+from .errors import RequestError, Unavailable, task_error_message
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,9 @@ class SeediffBackend(LabelStudioMLBase):
             options = self.runtime.overrides(self.extra_params)
             return [self._interactive(tasks[0], targets, context["result"], options)]
         # A failed task gets an empty list: Label Studio stores nothing for it and keeps the others.
-        return [[] if isinstance(o, Exception) else o for o in self.predict_outcomes(tasks)]
+        outcomes = self.predict_outcomes(tasks)
+        self.task_errors = {i: task_error_message(o) for i, o in enumerate(outcomes) if isinstance(o, Exception)}
+        return [[] if isinstance(o, Exception) else o for o in outcomes]
 
     def predict_outcomes(self, tasks: list[dict]) -> list[dict | Exception]:
         """Per task, its prediction (as ``predict`` returns it) or the exception that failed it."""
@@ -51,7 +54,8 @@ class SeediffBackend(LabelStudioMLBase):
 
     def _targets(self) -> list[ImageTarget]:
         if self.label_interface is None:
-            raise ValueError("no labeling config: call /setup first or send label_config with /predict")
+            raise RequestError("label_config", "no labeling config is known for this project",
+                               "call /setup first or send label_config with /predict")
         return parse_targets(self.label_interface)
 
     def _prediction(self, segmented: list, labelled: bool = False) -> dict:
@@ -99,7 +103,14 @@ class SeediffBackend(LabelStudioMLBase):
         if not hints:
             log.info("interactive request for task %s carries no usable keypoint or rectangle", task.get("id"))
             return {"result": [], "score": 0.0, "model_version": self.model_version}
-        result = self.runtime.segment_interactive(task, target, hints, options)
+        try:
+            result = self.runtime.segment_interactive(task, target, hints, options)
+        except Unavailable:
+            raise
+        except Exception as exc:  # this task's image: the answer says why, the server stays up
+            log.error("interactive task %s failed: %s: %s", task.get("id"), type(exc).__name__, exc)
+            self.task_errors = {0: task_error_message(exc)}
+            return []
         return self._prediction([(target, result)], labelled=True)
 
 
@@ -107,23 +118,37 @@ def hints_from_context(regions: list[dict], labels: list[str]) -> dict[str, Hint
     """Keypoints (positive unless ``is_positive`` is false) and rectangles, by the label they carry,
     in fractions of the image. Regions whose label is not one of ``labels`` are ignored."""
     found: dict[str, dict[str, list]] = {}
-    for region in regions:
+    for index, region in enumerate(regions):
+        field = f"params.context.result[{index}]"
+        if not isinstance(region, dict):
+            raise RequestError(field, "must be a region object", 'e.g. {"type": "keypointlabels", "value": {...}}')
         kind, value = region.get("type", ""), region.get("value") or {}
+        if not isinstance(value, dict):
+            raise RequestError(f"{field}.value", "must be an object")
         names = value.get(kind) or value.get("labels") or []
-        label = next((n for n in names if n in labels), None)
+        if not isinstance(names, list):
+            raise RequestError(f"{field}.value.{kind}", "must be a list of label names", '["Cat"]')
+        label = next((n for n in names if isinstance(n, str) and n in labels), None)
         if label is None:
             continue
         entry = found.setdefault(label, {"positive": [], "negative": [], "boxes": []})
         if kind == "keypointlabels":
-            point = (_fraction(value["x"]), _fraction(value["y"]))
-            entry["positive" if region.get("is_positive", True) else "negative"].append(point)
+            point = (_percent(value, "x", field), _percent(value, "y", field))
+            entry["positive" if region.get("is_positive", True) is not False else "negative"].append(point)
         elif kind == "rectanglelabels":
-            x0, y0 = _fraction(value["x"]), _fraction(value["y"])
-            x1, y1 = _fraction(value["x"] + value["width"]), _fraction(value["y"] + value["height"])
-            if x1 > x0 and y1 > y0:
-                entry["boxes"].append((x0, y0, x1, y1))
+            x, y = _percent(value, "x", field), _percent(value, "y", field)
+            _percent(value, "width", field), _percent(value, "height", field)  # both numbers
+            x1 = _percent({"x": value["x"] + value["width"]}, "x", field)
+            y1 = _percent({"y": value["y"] + value["height"]}, "y", field)
+            if x1 > x and y1 > y:
+                entry["boxes"].append((x, y, x1, y1))
     return {label: Hints(tuple(e["positive"]), tuple(e["negative"]), tuple(e["boxes"])) for label, e in found.items()}
 
 
-def _fraction(percent: float) -> float:
-    return min(1.0, max(0.0, float(percent) / 100.0))
+def _percent(value: dict, key: str, field: str) -> float:
+    """value[key], a percentage of the image, as a fraction in 0..1."""
+    number = value.get(key)
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or number != number:
+        raise RequestError(f"{field}.value.{key}", f"must be a number (percent of the image), got {number!r}",
+                           'Label Studio sends e.g. {"x": 41.5, "y": 20.0}')
+    return min(1.0, max(0.0, float(number) / 100.0))

@@ -18,6 +18,7 @@ from seediff_core.models import resolve_source
 from seediff_core.pipeline import resolve_config
 
 from .controls import ImageTarget
+from .errors import RequestError
 from .fetch import ImageFetcher
 from .settings import BackendSettings
 from .state import ProjectState
@@ -97,20 +98,36 @@ class Runtime:
         Raises:
             ValueError: an unknown or invalid setting (the message lists the valid ones).
         """
+        if extra_params is not None and not isinstance(extra_params, dict):
+            raise RequestError("extra_params", "must be a JSON object", 'e.g. {"timestep": 300}')
         params = dict(extra_params or {})
         words: dict[str, list[str]] = {}
         for key in PROMPT_KEYS:
-            for label, value in (params.pop(key, None) or {}).items():
-                words[str(label)] = [value] if isinstance(value, str) else [str(v) for v in value]
+            given = params.pop(key, None) or {}
+            if not isinstance(given, dict):
+                raise RequestError(f"extra_params.{key}", "must map each label to its prompt words",
+                                   f'e.g. {{"{key}": {{"Cat": ["cat", "kitten"]}}}}')
+            for label, value in given.items():
+                if not (isinstance(value, str) or isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                    raise RequestError(f"extra_params.{key}.{label}", "must be a word or a list of words",
+                                       f'e.g. {{"{label}": ["{label.lower()}"]}}')
+                words[str(label)] = [value] if isinstance(value, str) else list(value)
         if "steps" in params:
             params["inversion_steps"] = params.pop("steps")
         if "t" in params:
             params["timestep"] = params.pop("t")
         params.pop("model", None)  # one model per process: set SEEDIFF_MODEL instead
-        everything = bool(params.pop("segment_everything", False))
+        everything = params.pop("segment_everything", False)
+        if not isinstance(everything, bool):
+            raise RequestError("extra_params.segment_everything", "must be true or false")
         if everything:
             params.setdefault("method", "diffseg")
-        self.config(params)  # validates
+        try:
+            self.config(params)  # validates
+        except ValueError as exc:
+            name = next((k for k in params if str(exc).startswith(f"{k}=")), None)
+            raise RequestError(f"extra_params.{name}" if name else "extra_params", str(exc),
+                               "fix or remove the setting in the model's Extra params") from None
         return ProjectOptions(params, words, everything)
 
     def model_version(self, extra_params: dict[str, Any] | None) -> str:
@@ -135,7 +152,7 @@ class Runtime:
 
         Raises:
             QueueFull: the worker cannot take this many tasks now (nothing was started).
-            RuntimeError / TimeoutError: the model failed to load, or is still loading.
+            Unavailable: the model failed to load, or is still loading.
         """
         segmenter = self.model.get(MODEL_WAIT_SECONDS)
         jobs = [(i, target) for i in range(len(tasks)) for target in targets]
@@ -211,9 +228,10 @@ class Runtime:
         return result
 
     def _fetch(self, task: dict, target: ImageTarget):
-        data = task.get("data") or {}
-        if target.data_key not in data:
-            raise KeyError(f"task {task.get('id')} has no data field {target.data_key!r} for Image {target.object_name!r}")
+        data = task.get("data")
+        if not isinstance(data, dict) or target.data_key not in data:
+            raise RequestError("data", f"task {task.get('id')} has no data field {target.data_key!r} for Image "
+                               f"{target.object_name!r}", f'send {{"data": {{"{target.data_key}": "<image URL>"}}}}')
         reference = data[target.data_key]
         raw = self.fetcher.fetch(reference, task.get("id"))
         try:

@@ -12,19 +12,22 @@ from __future__ import annotations
 
 import hmac
 import logging
-import traceback
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
 
 from . import quality
 from .base import TRAIN_EVENTS
+from .errors import RequestError, Unavailable, require_object, require_str
 from .model import SeediffBackend
+from .openapi import openapi_document
 from .runtime import Runtime
 from .settings import BackendSettings
-from .worker import QueueFull
 
 log = logging.getLogger(__name__)
+TASK_EXAMPLE = '{"tasks": [{"id": 1, "data": {"image": "/data/upload/1/a.png"}}]}'
 
 
 def create_app(settings: BackendSettings | None = None, model_class=SeediffBackend) -> Flask:
@@ -35,6 +38,8 @@ def create_app(settings: BackendSettings | None = None, model_class=SeediffBacke
     background = ThreadPoolExecutor(1, thread_name_prefix="seediff-fit")
     app = Flask("seediff")
     app.config["runtime"] = runtime
+    user = (settings.basic_auth_user or "").encode()
+    password = (settings.basic_auth_pass or "").encode()
 
     def instance(project: str | None, label_config: str | None = None, extra_params=None):
         project_id = str(project or "default").split(".")[0]
@@ -42,14 +47,18 @@ def create_app(settings: BackendSettings | None = None, model_class=SeediffBacke
 
     @app.before_request
     def check_auth():
-        if not settings.basic_auth_user:
+        if not user:
             return None
         auth = request.authorization
-        ok = auth is not None and hmac.compare_digest((auth.username or "").encode(), settings.basic_auth_user.encode())
-        ok = ok and hmac.compare_digest((auth.password or "").encode(), settings.basic_auth_pass.encode())
+        given_user = (auth.username or "").encode() if auth else b""
+        given_password = (auth.password or "").encode() if auth else b""
+        # Both compared in full, in constant time, so timing tells nothing about either.
+        ok = hmac.compare_digest(given_user, user) & hmac.compare_digest(given_password, password)
         if not ok:
-            return Response('{"status":401,"detail":"authentication required"}', 401,
-                            {"WWW-Authenticate": 'Basic realm="seediff"', "Content-Type": "application/json"})
+            response = _error(401, "authentication required", {"fix": "send HTTP basic auth with BASIC_AUTH_USER "
+                                                                       "and BASIC_AUTH_PASS"})
+            response.headers["WWW-Authenticate"] = 'Basic realm="seediff"'
+            return response
         return None
 
     @app.get("/")
@@ -60,31 +69,49 @@ def create_app(settings: BackendSettings | None = None, model_class=SeediffBacke
 
     @app.post("/setup")
     def setup():
-        data = request.get_json(force=True, silent=True) or {}
-        model = instance(data.get("project"), data.get("schema"), data.get("extra_params") or {})
+        data = _body()
+        project = require_str(data.get("project"), "project", '"7.1700000000"')
+        schema = require_str(data.get("schema"), "schema", '"<View>...</View>"')
+        extra = require_object(data.get("extra_params"), "extra_params", '{"timestep": 300}')
+        model = instance(project, schema, extra)
         return jsonify(model_version=model.model_version)
 
     @app.post("/predict")
     def predict():
-        data = request.get_json(force=True, silent=True) or {}
+        data = _body()
         tasks = data.get("tasks")
         if not isinstance(tasks, list) or not tasks:
-            return _error(400, "the request has no tasks")
+            raise RequestError("tasks", "must be a non-empty array of tasks", f"send e.g. {TASK_EXAMPLE}")
+        for index, task in enumerate(tasks):
+            require_object(task, f"tasks[{index}]", '{"id": 1, "data": {"image": "..."}}')
+        project = require_str(data.get("project"), "project", '"7.1700000000"')
+        label_config = require_str(data.get("label_config"), "label_config", '"<View>...</View>"')
+        params = require_object(data.get("params"), "params", '{"context": null}')
+        context = require_object(params.get("context"), "params.context", '{"result": [...]}')
+        if not isinstance(context.get("result") or [], list):
+            raise RequestError("params.context.result", "must be an array of regions (keypoints or rectangles)")
         runtime.metrics.requests += 1
-        model = instance(data.get("project"), data.get("label_config"))
-        context = (data.get("params") or {}).get("context")
-        predictions = model.predict(tasks, context=context)
-        return jsonify(results=predictions, model_version=model.model_version)
+        model = instance(project, label_config)
+        predictions = model.predict(tasks, context=context or None)
+        body = {"results": predictions, "model_version": model.model_version}
+        if model.task_errors:
+            body["errors"] = [{"index": i, "task": tasks[i].get("id"), "error": message}
+                              for i, message in sorted(model.task_errors.items())]
+        return jsonify(body)
 
     @app.post("/webhook")
     def webhook():
-        data = request.get_json(force=True, silent=True) or {}
+        data = _body()
         event = data.get("action")
         if event not in TRAIN_EVENTS:
             return jsonify(status="Unknown event"), 200
-        project = (data.get("project") or {}).get("id")
-        label_config = (data.get("project") or {}).get("label_config")
-        background.submit(_run_fit, instance, project, label_config, event, data)
+        project = require_object(data.get("project"), "project", '{"id": 7, "label_config": "<View>...</View>"}')
+        project_id = require_str(project.get("id"), "project.id", "7")
+        label_config = require_str(project.get("label_config"), "project.label_config", '"<View>...</View>"')
+        for key in ("annotation", "task"):
+            require_object(data.get(key), key, '{"id": 1, ...}')
+        instance(project_id, label_config)  # a broken config is this request's error, not the background's
+        background.submit(_run_fit, instance, project_id, label_config, event, data)
         return jsonify(status="ok", result="queued"), 201
 
     @app.get("/metrics")
@@ -96,35 +123,52 @@ def create_app(settings: BackendSettings | None = None, model_class=SeediffBacke
 
     @app.route("/versions", methods=["GET", "POST"])
     def versions():
-        data = request.get_json(force=True, silent=True) or {}
-        project = data.get("project") or request.args.get("project")
+        data = _body() if request.method == "POST" else {}
+        project = require_str(data.get("project") or request.args.get("project"), "project", '"7"')
         version = instance(project).model_version if project else runtime.model_version({})
         return jsonify(versions=[version], model_version=version)
 
-    @app.errorhandler(QueueFull)
-    def queue_full(exc: QueueFull):
-        response = _error(503, str(exc))
+    @app.get("/openapi.json")
+    def openapi():
+        return jsonify(openapi_document())
+
+    @app.errorhandler(RequestError)
+    def bad_request(exc: RequestError):
+        response = jsonify(status=400, **exc.body())
+        response.status_code = 400
+        return response
+
+    @app.errorhandler(Unavailable)
+    def unavailable(exc: Unavailable):
+        response = _error(503, str(exc), {"retry_after": exc.retry_after})
         response.headers["Retry-After"] = str(exc.retry_after)
         return response
 
-    @app.errorhandler(TimeoutError)
-    def still_loading(exc):
-        response = _error(503, f"{exc}; retry shortly")
-        response.headers["Retry-After"] = "10"
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):  # 404, 405, 413 ...: werkzeug's own, as JSON
+        response = _error(exc.code or 500, exc.name, {"problem": exc.description})
+        for key, value in exc.get_headers():
+            if key.lower() == "allow":
+                response.headers[key] = value
         return response
 
-    @app.errorhandler(ValueError)
-    def bad_request(exc):
-        return _error(400, f"{type(exc).__name__}: {exc}")
-
     @app.errorhandler(Exception)
-    def failure(exc):
-        if hasattr(exc, "code") and hasattr(exc, "description"):  # werkzeug HTTP errors keep their code
-            return _error(exc.code, exc.description)
-        log.error("request failed: %s\n%s", exc, traceback.format_exc())
-        return _error(500, f"{type(exc).__name__}: {exc}")
+    def failure(exc: Exception):
+        reference = uuid.uuid4().hex[:12]
+        log.exception("request %s failed (%s %s)", reference, request.method, request.path)
+        return _error(500, "internal error: the server log has the details", {"reference": reference})
 
     return app
+
+
+def _body() -> dict:
+    """The request's JSON object (an empty one when there is no body)."""
+    if not request.get_data(cache=True):
+        return {}
+    data = request.get_json(force=True, silent=True)
+    if data is None:
+        raise RequestError("body", "is not valid JSON", "send a JSON object with Content-Type: application/json")
+    return require_object(data, "body", TASK_EXAMPLE)
 
 
 def _run_fit(instance, project, label_config, event, data) -> None:
@@ -134,8 +178,8 @@ def _run_fit(instance, project, label_config, event, data) -> None:
         log.exception("fit failed for %s", event)
 
 
-def _error(status: int, detail: str) -> Response:
-    response = jsonify(status=status, detail=detail)
+def _error(status: int, error: str, detail: dict | None = None) -> Response:
+    response = jsonify(status=status, error=error, detail=detail or {})
     response.status_code = status
     return response
 

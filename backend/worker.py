@@ -17,15 +17,17 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+from .errors import Unavailable
+
 log = logging.getLogger(__name__)
 
 INTERACTIVE, BATCH = 0, 1
+LOADING_RETRY_SECONDS, FAILED_RETRY_SECONDS = 10, 60
 
 
-class QueueFull(Exception):
+class QueueFull(Unavailable):
     def __init__(self, retry_after: int):
-        super().__init__(f"the model's queue is full; retry in {retry_after} s")
-        self.retry_after = retry_after
+        super().__init__(f"the model's queue is full; retry in {retry_after} s", retry_after)
 
 
 class InferenceWorker:
@@ -112,8 +114,10 @@ class ModelHolder:
         return "error" if self.error else "ready"
 
     def get(self, timeout: float | None = None) -> Any:
+        """The model; Unavailable while it loads (after ``timeout`` s) or when it failed to load."""
         if not self._ready.wait(timeout):
-            raise TimeoutError("the model is still loading")
+            raise Unavailable("the model is still loading; retry shortly", LOADING_RETRY_SECONDS)
         if self.error:
-            raise RuntimeError(f"the model failed to load: {self.error}")
+            raise Unavailable(f"the model failed to load: {self.error}; fix it and restart the backend "
+                              "(GET /health shows the reason)", FAILED_RETRY_SECONDS)
         return self._value

@@ -108,6 +108,7 @@ class SeediffConfig:
     batch_size: int = 8
 
     def __post_init__(self) -> None:
+        _check_types(self)
         # JSON and CLI give lists and plain strings; keep the frozen config hashable-friendly.
         object.__setattr__(self, "expansion_factors", tuple(int(v) for v in self.expansion_factors))
         object.__setattr__(self, "pamr_dilations", tuple(int(v) for v in self.pamr_dilations))
@@ -178,6 +179,36 @@ def make_config(
     section = tuned.get(method, {}) if isinstance(tuned.get(method), dict) else {}
     layers = {**(method_defaults or {}).get(method, {}), **common, **section, **given}
     return (SeediffConfig() if model is None else SeediffConfig(model=model)).replace(**layers)
+
+
+_SCALARS = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
+
+def _check_types(config: SeediffConfig) -> None:
+    """Every value of the type its field declares (JSON ints pass for floats, lists for tuples), so a
+    setting such as {"timestep": "abc"} fails here by name instead of deep inside a method."""
+    for f in dataclasses.fields(config):
+        value, kind = getattr(config, f.name), str(f.type)
+        if value is None and kind.endswith("| None"):
+            continue
+        kind = kind.removesuffix(" | None")
+        if kind in _SCALARS:
+            ok = isinstance(value, _SCALARS[kind]) and (kind == "bool" or not isinstance(value, bool))
+            expected = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}[kind]
+        elif kind.startswith("tuple["):
+            item = _SCALARS[kind[6:].split(",")[0]]
+            items = [value] if isinstance(value, str) and item == (str,) else value
+            ok = isinstance(items, (list, tuple)) and all(isinstance(v, item) and not isinstance(v, bool) for v in items)
+            expected = f"a list of {kind[6:].split(',')[0]}s"
+        elif kind.startswith("dict["):
+            ok = isinstance(value, dict) and all(
+                isinstance(k, str) and (isinstance(v, str) or isinstance(v, (list, tuple)) and all(isinstance(w, str) for w in v))
+                for k, v in value.items())
+            expected = 'an object of word lists, e.g. {"cat": ["kitten"]}'
+        else:  # a field type this check does not know: a bug here, not in the caller's value
+            raise TypeError(f"SeediffConfig.{f.name} has an unchecked type {kind}")
+        if not ok:
+            raise ValueError(f"{f.name}={value!r} must be {expected}")
 
 
 def _validate(config: SeediffConfig) -> None:

@@ -111,14 +111,14 @@ def test_extra_params_change_settings_and_version_and_are_validated(client):
     response = _predict(client, [{"id": 1, "data": {"image": _url()}}], project="5.1")
     assert response.json["results"][0]["model_version"] == tuned
     bad = client.post("/setup", json={"project": "6.1", "schema": CONFIG, "extra_params": {"final_treshold": 0.5}})
-    assert bad.status_code == 400 and "final_treshold" in bad.json["detail"]
+    assert bad.status_code == 400 and "final_treshold" in bad.json["error"]
 
 
 def test_configs_without_image_segmentation_get_a_clear_400(client):
     config = '<View><Text name="t" value="$text"/><Labels name="l" toName="t"><Label value="A"/></Labels></View>'
     response = client.post("/predict", json={"tasks": [{"id": 1, "data": {"text": "x"}}], "project": "8.1",
                                              "label_config": config})
-    assert response.status_code == 400 and "BrushLabels" in response.json["detail"]
+    assert response.status_code == 400 and "BrushLabels" in response.json["error"]
     assert client.post("/predict", json={"tasks": []}).status_code == 400
 
 

@@ -18,6 +18,7 @@ from backend.controls import parse_targets
 from backend.model import hints_from_context
 from backend.rle import mask_to_rle, rle_to_mask
 from backend.settings import BackendSettings
+from backend.errors import Unavailable
 from backend.worker import InferenceWorker, ModelHolder, QueueFull
 
 # ----------------------------------------------------------------------------- RLE
@@ -219,11 +220,12 @@ def test_model_holder_reports_loading_ready_and_errors():
     gate = threading.Event()
     holder = ModelHolder(lambda: gate.wait() and "model")
     assert holder.state == "loading"
-    with pytest.raises(TimeoutError):
+    with pytest.raises(Unavailable, match="still loading") as info:
         holder.get(timeout=0.01)
+    assert info.value.retry_after > 0
     gate.set()
     assert holder.get(timeout=5) == "model" and holder.state == "ready"
     broken = ModelHolder(lambda: (_ for _ in ()).throw(OSError("no weights")))
-    with pytest.raises(RuntimeError, match="no weights"):
+    with pytest.raises(Unavailable, match="failed to load: OSError: no weights"):
         broken.get(timeout=5)
     assert broken.state == "error"
