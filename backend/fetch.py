@@ -187,8 +187,8 @@ class ImageFetcher:
         raise FetchError(f"{url}: more than {MAX_REDIRECTS} redirects")
 
     def _host_allowed(self, netloc: str, redirected: bool) -> bool:
-        hostname = netloc.rsplit("@", 1)[-1].split(":")[0].strip("[]")
-        listed = {h.split(":")[0] for h in self.settings.allowed_hosts}
+        hostname = urlparse(f"//{netloc}").hostname or ""  # also for IPv6 literals: [::1]:8080 -> ::1
+        listed = {urlparse(f"//{h}").hostname or h for h in self.settings.allowed_hosts}
         if hostname in listed or netloc in self.settings.allowed_hosts:
             return True
         # Any public host when "*" is listed, and for redirects (e.g. presigned cloud URLs that Label
@@ -214,23 +214,47 @@ class ImageFetcher:
     # ------------------------------------------------------------------ cache
 
     def _cached(self, key: str, produce) -> bytes:
+        """Each entry is the content's sha256 then the content, written to a temporary file and renamed,
+        so a kill mid-write leaves no entry and a damaged entry is detected, dropped and fetched again.
+        A cache that cannot be written (disk full, read-only) is skipped with a warning."""
         if self.settings.download_cache_bytes <= 0:
             return produce()
         path = self.cache_dir / hashlib.sha256(key.encode()).hexdigest()
-        if path.is_file():
-            os.utime(path)  # most recently used
-            return path.read_bytes()
+        try:
+            stored = path.read_bytes()
+        except OSError:
+            stored = None
+        if stored is not None:
+            digest, data = stored[:32], stored[32:]
+            if hashlib.sha256(data).digest() == digest:
+                os.utime(path)  # most recently used
+                return data
+            log.warning("download cache entry %s is damaged: fetched again", path.name)
+            path.unlink(missing_ok=True)
         data = produce()
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-        self._evict()
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(hashlib.sha256(data).digest() + data)
+            os.replace(tmp, path)
+            self._evict()
+        except OSError as exc:
+            log.warning("download cache %s not written (%s); serving without it", self.cache_dir, exc)
+            tmp.unlink(missing_ok=True) if tmp.parent.is_dir() else None
         return data
 
     def _evict(self) -> None:
         with self._lock:
-            files = [(p.stat().st_mtime, p.stat().st_size, p) for p in self.cache_dir.iterdir() if p.suffix != ".tmp"]
+            files = []
+            for p in self.cache_dir.iterdir():
+                try:
+                    stat = p.stat()
+                except FileNotFoundError:  # evicted by another worker process meanwhile
+                    continue
+                if p.suffix == ".tmp" and stat.st_mtime < time.time() - 3600:
+                    p.unlink(missing_ok=True)  # left by a process killed mid-write
+                elif p.suffix != ".tmp":
+                    files.append((stat.st_mtime, stat.st_size, p))
             total = sum(size for _, size, _ in files)
             for _, size, path in sorted(files):
                 if total <= self.settings.download_cache_bytes:

@@ -55,8 +55,8 @@ def create_app(settings: BackendSettings | None = None, model_class=SeediffBacke
         # Both compared in full, in constant time, so timing tells nothing about either.
         ok = hmac.compare_digest(given_user, user) & hmac.compare_digest(given_password, password)
         if not ok:
-            response = _error(401, "authentication required", {"fix": "send HTTP basic auth with BASIC_AUTH_USER "
-                                                                       "and BASIC_AUTH_PASS"})
+            response = _error(401, "authentication required: send HTTP basic auth with the backend's BASIC_AUTH_USER "
+                                   "and BASIC_AUTH_PASS (in Label Studio: the model's Basic Authentication fields)")
             response.headers["WWW-Authenticate"] = 'Basic realm="seediff"'
             return response
         return None

@@ -1,14 +1,21 @@
 """Per-project key/value state in SQLite (MODEL_DIR/cache.db), as label-studio-ml 2.x keeps it.
 
 Label Studio sends a project's extra params only to /setup, so they are stored here and read back
-when /predict comes. Values are strings; safe across threads and gunicorn workers.
+when /predict comes. Values are strings; safe across threads and gunicorn workers. A database that
+is damaged (or not SQLite at all) is moved aside to ``cache.db.corrupt-<time>`` and started afresh:
+it holds only what Label Studio sends again (configs, extra params at the next /setup) and quality
+counters, so losing it costs little and refusing to start would cost much.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
+import time
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 class ProjectState:
@@ -17,14 +24,33 @@ class ProjectState:
         self.path = path
         self._lock = threading.Lock()
         self._local = threading.local()
-        with self._connect() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS state (project TEXT, key TEXT, value TEXT, PRIMARY KEY (project, key))")
+        try:
+            self._open()
+        except sqlite3.DatabaseError as exc:
+            aside = path.with_name(f"{path.name}.corrupt-{time.time_ns()}")
+            log.error("state database %s is damaged (%s): moved to %s, starting a new one", path, exc, aside)
+            self._local.db.close()
+            self._local.db = None
+            path.rename(aside)
+            self._open()
+
+    def _open(self) -> None:
+        db = self._connect()
+        with db:
+            if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise sqlite3.DatabaseError("quick_check failed")
 
     def _connect(self) -> sqlite3.Connection:
-        """This thread's connection, opened once (sqlite3 connections may not cross threads)."""
+        """This thread's connection (sqlite3 connections may not cross threads); a new one when the
+        database file was deleted under us, which SQLite would otherwise keep writing to unseen."""
         db = getattr(self._local, "db", None)
+        if db is not None and not self.path.exists():
+            log.warning("state database %s was deleted: starting a new one", self.path)
+            db.close()
+            db = None
         if db is None:
             db = self._local.db = sqlite3.connect(self.path, timeout=10)
+            db.execute("CREATE TABLE IF NOT EXISTS state (project TEXT, key TEXT, value TEXT, PRIMARY KEY (project, key))")
         return db
 
     def get(self, project: str, key: str) -> str | None:

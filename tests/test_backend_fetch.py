@@ -8,6 +8,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import pytest
 
@@ -39,6 +40,11 @@ class _Server:
                 self.end_headers()
                 if isinstance(body, bytes):
                     self.wfile.write(body)
+                elif callable(body):  # streams until the client hangs up
+                    try:
+                        body(self.wfile)
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
 
             def do_POST(self):
                 length = int(self.headers.get("Content-Length", 0))
@@ -54,7 +60,7 @@ class _Server:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def close(self):
         self.httpd.shutdown()
@@ -73,9 +79,9 @@ def ls(other):
 
     def routes(path, headers):
         if path == "/api/token/refresh/":
-            return 200, {}, json.dumps({"access": access}).encode()
+            return 200, {}, json.dumps({"access": server.access}).encode()
         if path.startswith("/data/upload/"):
-            ok = headers.get("Authorization") in (f"Bearer {access}", "Token legacy-key")
+            ok = headers.get("Authorization") in (f"Bearer {server.access}", "Token legacy-key")
             return (200, {"Content-Length": str(len(PNG))}, PNG) if ok else (401, {}, b"")
         if path.startswith("/tasks/7/presign/"):
             return 303, {"Location": f"{other.url}/img.png"}, b""
@@ -86,12 +92,29 @@ def ls(other):
         if path == "/slow":
             time.sleep(3)
             return 200, {}, PNG
+        if path == "/endless":
+            return 200, {}, _endless  # no Content-Length: only counting the bytes stops it
+        if path.startswith("/loop/"):
+            hop = int(path.rsplit("/", 1)[-1])
+            return 302, {"Location": f"/loop/{hop + 1}"}, b""
+        if path == "/to-other":
+            return 302, {"Location": f"{other.url}/img.png"}, b""
+        if path.startswith("/to?"):
+            return 302, {"Location": unquote(path[4:])}, b""
+        if path.startswith("/expiring/"):
+            ok = headers.get("Authorization") == f"Bearer {server.expiring_ok}"
+            return (200, {}, PNG) if ok else (401, {}, b"")
         return 404, {}, b""
 
     server = _Server(routes)
-    server.access = access
+    server.access = server.expiring_ok = access
     yield server
     server.close()
+
+
+def _endless(wfile):
+    while True:
+        wfile.write(b"\0" * 65536)
 
 
 def _fetcher(ls, tmp_path, **changes) -> ImageFetcher:
@@ -180,16 +203,111 @@ def test_data_urls(ls, tmp_path):
 
 
 def test_download_cache_is_reused_and_bounded(ls, tmp_path):
-    fetcher = _fetcher(ls, tmp_path, download_cache_bytes=250)
+    fetcher = _fetcher(ls, tmp_path, download_cache_bytes=300)  # 2 entries of 32 + 100 bytes
     for name in ("a", "b", "c"):
         assert fetcher.fetch(f"/data/upload/1/{name}.png") == PNG
     calls = len(ls.seen)
     assert fetcher.fetch("/data/upload/1/c.png") == PNG
     assert len(ls.seen) == calls  # served from the cache
     cached = list(Path(tmp_path / "downloads").iterdir())
-    assert sum(p.stat().st_size for p in cached) <= 250 and len(cached) == 2  # the oldest was evicted
+    assert sum(p.stat().st_size for p in cached) <= 300 and len(cached) == 2  # the oldest was evicted
 
 
 def test_token_provider_without_key_sends_nothing():
     assert TokenProvider("http://x", None, 1).header() == {}
     assert TokenProvider("http://x", "plain", 1).header() == {"Authorization": "Token plain"}
+
+
+# ----------------------------------------------------------------------------- one test per rule
+# Each test below fails when the rule it names is deleted from backend/fetch.py (or server.py for
+# auth); tools/mutation_check.py deletes each rule in turn and shows it. The table is in
+# docs/reliability.md.
+
+
+def test_rule_credentials_are_dropped_when_a_redirect_leaves_the_label_studio_host(ls, other, tmp_path):
+    fetcher = _fetcher(ls, tmp_path, allowed_hosts=("127.0.0.1",))
+    assert fetcher.fetch("/to-other") == PNG
+    assert ls.seen[-1] == ("/to-other", "Token legacy-key")
+    assert other.seen == [("/img.png", None)]
+
+
+def test_rule_redirects_are_capped(ls, tmp_path):
+    with pytest.raises(FetchError, match="more than 5 redirects"):
+        _fetcher(ls, tmp_path).fetch("/loop/0")
+    assert [path for path, _ in ls.seen] == [f"/loop/{hop}" for hop in range(6)]
+
+
+@pytest.mark.parametrize("target", ["file:///etc/passwd", "ftp://127.0.0.1/a.png", "gopher://127.0.0.1:70/x"])
+def test_rule_redirects_to_other_schemes_are_refused(ls, tmp_path, target):
+    # 127.0.0.1 is allowed here, so only the scheme rule stands between the redirect and its target.
+    with pytest.raises(FetchError, match="redirect to a non-http URL refused"):
+        _fetcher(ls, tmp_path, allowed_hosts=("127.0.0.1",)).fetch(f"/to?{quote(target)}")
+
+
+@pytest.mark.parametrize("target", ["http://127.0.0.1:1/a.png", "http://10.0.0.1/a.png", "http://169.254.169.254/latest/meta-data/",
+                                    "http://[::1]:1/a.png", "http://localhost:1/a.png"])
+def test_rule_redirects_to_private_addresses_are_refused(ls, tmp_path, target):
+    with pytest.raises(FetchError, match="refused \\(private address or not allowed\\)"):
+        _fetcher(ls, tmp_path).fetch(f"/to?{quote(target)}")
+
+
+def test_rule_endless_bodies_stop_at_the_size_cap(ls, tmp_path):
+    started = time.perf_counter()
+    with pytest.raises(FetchError, match="more than the limit of 10000 bytes"):
+        _fetcher(ls, tmp_path).fetch(f"{ls.url}/endless")
+    assert time.perf_counter() - started < 30  # it stopped reading; the 2 s timeout alone would not stop a stream
+
+
+def test_rule_declared_sizes_over_the_cap_are_refused_before_reading(ls, tmp_path):
+    with pytest.raises(FetchError, match="1000000000 bytes exceeds the limit"):
+        _fetcher(ls, tmp_path).fetch(f"{ls.url}/big")
+
+
+def test_rule_local_files_over_the_cap_are_refused(ls, tmp_path):
+    root = tmp_path / "files"
+    root.mkdir()
+    (root / "big.png").write_bytes(PNG + b"x" * 20_000)
+    with pytest.raises(FetchError, match="exceeds the limit of 10000"):
+        _fetcher(ls, tmp_path, local_files_root=root).fetch("/data/local-files/?d=big.png")
+
+
+@pytest.mark.parametrize("reference", ["../secret.png", "%2e%2e/secret.png", "%252e%252e/secret.png",
+                                       "ds/../../secret.png", "/etc/hostname", "link/secret.png"])
+def test_rule_local_files_stay_inside_the_document_root(ls, tmp_path, reference):
+    root = tmp_path / "files"
+    (root / "ds").mkdir(parents=True)
+    (tmp_path / "secret.png").write_bytes(PNG)
+    (root / "link").symlink_to(tmp_path)  # a symlink inside the root that points out of it
+    with pytest.raises(FetchError, match="leaves LOCAL_FILES_DOCUMENT_ROOT"):
+        _fetcher(ls, tmp_path, local_files_root=root).fetch(f"/data/local-files/?d={reference}")
+
+
+def test_rule_an_expired_access_token_is_renewed_once_after_a_401(ls, tmp_path):
+    pat = _jwt(time.time() + 10**9)
+    fetcher = _fetcher(ls, tmp_path, api_key=pat)
+    assert fetcher.fetch("/data/upload/1/a.png") == PNG
+    ls.access = ls.expiring_ok = _jwt(time.time() + 3600) + "renewed"  # the old access token is now refused
+    assert fetcher.fetch("/expiring/a.png") == PNG
+    exchanges = [entry for entry in ls.seen if entry[0] == "/api/token/refresh/"]
+    assert len(exchanges) == 2
+    ls.expiring_ok = "never-issued"  # a second 401 is an answer, not a loop
+    with pytest.raises(FetchError, match="HTTP 401"):
+        fetcher.fetch("/expiring/b.png")
+
+
+def test_rule_cache_entries_are_checked_and_a_damaged_one_fetched_again(ls, tmp_path):
+    fetcher = _fetcher(ls, tmp_path, download_cache_bytes=10**6)
+    assert fetcher.fetch("/data/upload/1/a.png") == PNG
+    (entry,) = (tmp_path / "downloads").iterdir()
+    entry.write_bytes(entry.read_bytes()[:-10])  # a torn write
+    calls = len(ls.seen)
+    assert fetcher.fetch("/data/upload/1/a.png") == PNG
+    assert len(ls.seen) == calls + 1  # fetched again, not served damaged
+    assert fetcher.fetch("/data/upload/1/a.png") == PNG and len(ls.seen) == calls + 1  # and cached again
+
+
+def test_rule_an_unwritable_cache_is_skipped(ls, tmp_path):
+    (tmp_path / "downloads").write_text("a file where the cache folder should be")
+    fetcher = _fetcher(ls, tmp_path, download_cache_bytes=10**6)
+    assert fetcher.fetch("/data/upload/1/a.png") == PNG
+    assert fetcher.fetch("/data/upload/1/a.png") == PNG

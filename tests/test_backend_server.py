@@ -132,8 +132,14 @@ def test_webhook_answers_at_once(client):
 def test_basic_auth(tiny_model_dir, tmp_path):
     app = create_app(_settings(tiny_model_dir, tmp_path, basic_auth_user="ls", basic_auth_pass="s3cret"))
     client = app.test_client()
-    assert client.get("/health").status_code == 401
-    assert client.get("/health", headers={"Authorization": "Basic " + base64.b64encode(b"ls:wrong").decode()}).status_code == 401
+    refused = client.get("/health")
+    assert refused.status_code == 401 and "BASIC_AUTH_USER" in refused.json["error"]
+    assert refused.headers["WWW-Authenticate"].startswith("Basic")
+    for wrong in (b"ls:wrong", b"other:s3cret", b"ls:", b":s3cret", b"ls:s3cret2", b"ls:s3cre"):
+        headers = {"Authorization": "Basic " + base64.b64encode(wrong).decode()}
+        assert client.get("/health", headers=headers).status_code == 401, wrong
+        assert client.post("/predict", json={"tasks": [{}]}, headers=headers).status_code == 401, wrong
+    assert client.get("/health", headers={"Authorization": "Bearer s3cret"}).status_code == 401
     ok = client.get("/health", headers={"Authorization": "Basic " + base64.b64encode(b"ls:s3cret").decode()})
     assert ok.status_code == 200 and ok.json["status"] == "UP"
 

@@ -1,0 +1,115 @@
+"""Delete each security and reliability rule in turn, run the tests, and show which test catches it.
+
+A rule that no test catches is a promise nobody holds. Usage (from the repository root):
+
+    bash tools/dev.sh python tools/mutation_check.py [--only NAME] [--markdown docs/rules.md]
+
+Each mutation replaces one exact snippet of the source (the check fails loudly if the snippet has
+moved, so the table cannot silently go stale); the file is restored afterwards, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FETCH_TESTS = ["tests/test_backend_fetch.py"]
+AUTH_TESTS = ["tests/test_backend_server.py::test_basic_auth"]
+
+
+@dataclass(frozen=True)
+class Mutation:
+    rule: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...] = tuple(FETCH_TESTS)
+
+
+MUTATIONS = [
+    Mutation("credentials only to the Label Studio host (also after a redirect)", "backend/fetch.py",
+             "headers = self.tokens.header() if host == ls_host else {}", "headers = self.tokens.header()"),
+    Mutation("at most 5 redirects", "backend/fetch.py",
+             "for _ in range(MAX_REDIRECTS + 1):", "for _ in iter(int, 1):"),
+    Mutation("redirects only to http(s)", "backend/fetch.py",
+             'if urlparse(target).scheme not in ("http", "https"):', "if False:"),
+    Mutation("redirect targets: Label Studio, allow-listed or public hosts only", "backend/fetch.py",
+             "if target_host != ls_host and not self._host_allowed(target_host, redirected=True):", "if False:"),
+    Mutation("first request: Label Studio or allow-listed hosts only", "backend/fetch.py",
+             "if first_host != ls_host and not self._host_allowed(first_host, redirected=False):", "if False:"),
+    Mutation("private, loopback and link-local addresses are never public", "backend/fetch.py",
+             "        if (address.is_private or address.is_loopback", "        if False and (address.is_private or address.is_loopback"),
+    Mutation("streamed bodies stop at the size cap", "backend/fetch.py",
+             "                if size > limit:\n", "                if False:\n"),
+    Mutation("a declared Content-Length over the cap is refused", "backend/fetch.py",
+             "if declared and declared.isdigit() and int(declared) > limit:", "if False:"),
+    Mutation("local files over the size cap are refused", "backend/fetch.py",
+             "if path.stat().st_size > self.settings.max_image_bytes:", "if False:"),
+    Mutation("local files stay inside LOCAL_FILES_DOCUMENT_ROOT", "backend/fetch.py",
+             "if root not in path.parents:", "if False:"),
+    Mutation("data: URLs over the size cap are refused", "backend/fetch.py",
+             "if len(payload) * 3 // 4 > self.settings.max_image_bytes:", "if False:"),
+    Mutation("a Personal Access Token's access token is renewed once after a 401", "backend/fetch.py",
+             "if response.status_code == 401 and headers and self.tokens.is_pat and not renewed:", "if False:"),
+    Mutation("every request has a timeout", "backend/fetch.py",
+             "timeout=timeout, stream=True", "stream=True"),
+    Mutation("damaged cache entries are fetched again", "backend/fetch.py",
+             "if hashlib.sha256(data).digest() == digest:", "if True:"),
+    Mutation("an unwritable cache is skipped", "backend/fetch.py",
+             "        except OSError as exc:\n            log.warning(\"download cache", "        except ZeroDivisionError as exc:\n            log.warning(\"download cache"),
+    Mutation("basic auth is required when set", "backend/server.py",
+             "        if not ok:\n            response = _error(401", "        if False:\n            response = _error(401",
+             tuple(AUTH_TESTS)),
+    Mutation("basic auth checks the user", "backend/server.py",
+             "ok = hmac.compare_digest(given_user, user) & ", "ok = True & ", tuple(AUTH_TESTS)),
+    Mutation("basic auth checks the password", "backend/server.py",
+             " & hmac.compare_digest(given_password, password)", "", tuple(AUTH_TESTS)),
+]
+
+
+def run(mutation: Mutation, timeout: int) -> list[str]:
+    """The tests that fail with ``mutation`` applied (the source is restored afterwards)."""
+    path = ROOT / mutation.path
+    original = path.read_text()
+    if original.count(mutation.old) != 1:
+        raise SystemExit(f"{mutation.rule}: the snippet {mutation.old!r} is not in {mutation.path} exactly once")
+    try:
+        path.write_text(original.replace(mutation.old, mutation.new))
+        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rf",
+                                 f"--timeout={timeout}", *mutation.tests], cwd=ROOT, capture_output=True, text=True)
+    finally:
+        path.write_text(original)
+    return sorted(set(re.findall(r"^FAILED (\S+?)(?: - .*)?$", result.stdout, re.M)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", help="run the mutations whose rule contains this text")
+    parser.add_argument("--timeout", type=int, default=20, help="per-test timeout (s): a deleted cap may loop forever")
+    parser.add_argument("--markdown", type=Path, help="also write the table to this file")
+    args = parser.parse_args()
+    rows, survived = [], []
+    for mutation in MUTATIONS:
+        if args.only and args.only not in mutation.rule:
+            continue
+        failing = run(mutation, args.timeout)
+        names = ", ".join(f"`{name.split('::', 1)[-1]}`" for name in failing) or "**none: the rule is unguarded**"
+        rows.append(f"| {mutation.rule} | `{mutation.path}` | {names} |")
+        print(rows[-1], flush=True)
+        if not failing:
+            survived.append(mutation.rule)
+    table = "| rule (deleted) | file | tests that fail |\n|---|---|---|\n" + "\n".join(rows) + "\n"
+    if args.markdown:
+        args.markdown.write_text(table)
+    print(f"\n{len(rows) - len(survived)}/{len(rows)} rules guarded")
+    if survived:
+        raise SystemExit(f"unguarded: {survived}")
+
+
+if __name__ == "__main__":
+    main()
