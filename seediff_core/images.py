@@ -75,7 +75,9 @@ def load_image(source: str | Path | bytes | Image.Image, max_pixels: int | None 
         raise
     except FileNotFoundError as exc:
         raise ImageError(f"{name}: no such file") from exc
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # PIL's own guard fired before ours could read the size
+        raise ImageError(f"{name}: the image exceeds the limit of {max_pixels or Image.MAX_IMAGE_PIXELS} pixels ({exc})") from exc
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ImageError(f"{name}: cannot read image ({exc})") from exc
 
 

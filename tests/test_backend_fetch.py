@@ -6,7 +6,6 @@ import base64
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import quote, unquote
 
@@ -14,6 +13,7 @@ import pytest
 
 from backend.fetch import FetchError, ImageFetcher, TokenProvider, _b64url
 from backend.settings import BackendSettings
+from fake_http import FakeHTTPServer
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"x" * 100
 
@@ -23,52 +23,9 @@ def _jwt(exp: float) -> str:
     return f"{part({'alg': 'HS256'})}.{part({'exp': exp, 'token_type': 'refresh'})}.signature"
 
 
-class _Server:
-    """A tiny HTTP server standing in for Label Studio or an image host; records what it received."""
-
-    def __init__(self, routes):
-        self.routes, self.seen = routes, []
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                owner.seen.append((self.path, self.headers.get("Authorization")))
-                status, headers, body = owner.routes(self.path, self.headers)
-                self.send_response(status)
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.end_headers()
-                if isinstance(body, bytes):
-                    self.wfile.write(body)
-                elif callable(body):  # streams until the client hangs up
-                    try:
-                        body(self.wfile)
-                    except (BrokenPipeError, ConnectionResetError):
-                        pass
-
-            def do_POST(self):
-                length = int(self.headers.get("Content-Length", 0))
-                owner.seen.append((self.path, json.loads(self.rfile.read(length) or b"{}")))
-                status, headers, body = owner.routes(self.path, self.headers)
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-
-
 @pytest.fixture
 def other():
-    server = _Server(lambda path, headers: (200, {}, PNG) if path == "/img.png" else (404, {}, b""))
+    server = FakeHTTPServer(lambda path, headers: (200, {}, PNG) if path == "/img.png" else (404, {}, b""))
     yield server
     server.close()
 
@@ -106,7 +63,7 @@ def ls(other):
             return (200, {}, PNG) if ok else (401, {}, b"")
         return 404, {}, b""
 
-    server = _Server(routes)
+    server = FakeHTTPServer(routes)
     server.access = server.expiring_ok = access
     yield server
     server.close()
