@@ -33,19 +33,20 @@ class Unavailable(Exception):
         self.retry_after = retry_after
 
 
-def require_object(value: Any, field: str, example: str) -> dict:
-    """``value`` if it is a JSON object (None counts as an empty one), else a RequestError."""
-    if value is None:
+def require_object(value: Any, field: str, example: str, optional: bool = True) -> dict:
+    """``value`` if it is a JSON object (None counts as an empty one when ``optional``), else a RequestError."""
+    if value is None and optional:
         return {}
     if not isinstance(value, dict):
         raise RequestError(field, f"must be a JSON object, got {_json_type(value)}", f"send e.g. {example}")
     return value
 
 
-def require_str(value: Any, field: str, example: str) -> str | None:
+def require_str(value: Any, field: str, example: str, number_ok: bool = False) -> str | None:
+    """``value`` if it is a string or None (or, with ``number_ok``, an integer id, as a string)."""
     if value is None or isinstance(value, str):
         return value
-    if isinstance(value, int) and not isinstance(value, bool):
+    if number_ok and isinstance(value, int) and not isinstance(value, bool):
         return str(value)  # project ids arrive as numbers from some clients
     raise RequestError(field, f"must be a string, got {_json_type(value)}", f"send e.g. {example}")
 

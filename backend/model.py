@@ -98,6 +98,7 @@ class SeediffBackend(LabelStudioMLBase):
 
     def _interactive(self, task: dict, targets: list[ImageTarget], regions: list[dict], options) -> dict:
         by_name = {t.object_name: t for t in targets}
+        hints_from_context(regions, [])  # checks every region's shape before any is used
         target = by_name.get(regions[0].get("to_name"), targets[0])
         hints = hints_from_context(regions, target.labels)
         if not hints:

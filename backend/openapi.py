@@ -71,7 +71,8 @@ def openapi_document() -> dict[str, Any]:
     }
     task = {"type": "object", "description": "a Label Studio task; data holds the image reference under the Image's value",
             "properties": {"id": {"anyOf": [{"type": "integer"}, {"type": "string"}], "nullable": True},
-                           "data": {"type": "object"}},
+                           "data": {"description": "an object with the image reference under the Image's value; "
+                                                   "a task whose data lacks it fails alone (results[i] = [], errors)"}},
             "example": {"id": 1, "data": {"image": _example_image()}}}
     region = {"type": "object", "required": ["from_name", "to_name", "type", "value"],
               "properties": {"id": {"type": "string"}, "from_name": {"type": "string"}, "to_name": {"type": "string"},
@@ -107,7 +108,7 @@ def openapi_document() -> dict[str, Any]:
         "extra_params": {"type": "object", "nullable": True, "description": "pipeline settings and prompts",
                          "example": {"timestep": 100}}}}
     webhook_request = {"type": "object", "properties": {
-        "action": {"type": "string", "example": "ANNOTATION_CREATED"},
+        "action": {"type": "string", "nullable": True, "example": "ANNOTATION_CREATED"},
         "project": {"type": "object", "nullable": True, "properties": {
             "id": {"anyOf": [{"type": "string"}, {"type": "integer"}], "nullable": True},
             "label_config": _NULLABLE_STRING}},

@@ -70,7 +70,7 @@ def create_app(settings: BackendSettings | None = None, model_class=SeediffBacke
     @app.post("/setup")
     def setup():
         data = _body()
-        project = require_str(data.get("project"), "project", '"7.1700000000"')
+        project = require_str(data.get("project"), "project", '"7.1700000000"', number_ok=True)
         schema = require_str(data.get("schema"), "schema", '"<View>...</View>"')
         extra = require_object(data.get("extra_params"), "extra_params", '{"timestep": 300}')
         model = instance(project, schema, extra)
@@ -83,12 +83,14 @@ def create_app(settings: BackendSettings | None = None, model_class=SeediffBacke
         if not isinstance(tasks, list) or not tasks:
             raise RequestError("tasks", "must be a non-empty array of tasks", f"send e.g. {TASK_EXAMPLE}")
         for index, task in enumerate(tasks):
-            require_object(task, f"tasks[{index}]", '{"id": 1, "data": {"image": "..."}}')
-        project = require_str(data.get("project"), "project", '"7.1700000000"')
+            require_object(task, f"tasks[{index}]", '{"id": 1, "data": {"image": "..."}}', optional=False)
+            if not isinstance(task.get("id"), (int, str, type(None))) or isinstance(task.get("id"), bool):
+                raise RequestError(f"tasks[{index}].id", "must be the task's id (a number)", '"id": 1')
+        project = require_str(data.get("project"), "project", '"7.1700000000"', number_ok=True)
         label_config = require_str(data.get("label_config"), "label_config", '"<View>...</View>"')
         params = require_object(data.get("params"), "params", '{"context": null}')
         context = require_object(params.get("context"), "params.context", '{"result": [...]}')
-        if not isinstance(context.get("result") or [], list):
+        if not isinstance(context.get("result", []), (list, type(None))):
             raise RequestError("params.context.result", "must be an array of regions (keypoints or rectangles)")
         runtime.metrics.requests += 1
         model = instance(project, label_config)
@@ -102,14 +104,14 @@ def create_app(settings: BackendSettings | None = None, model_class=SeediffBacke
     @app.post("/webhook")
     def webhook():
         data = _body()
-        event = data.get("action")
-        if event not in TRAIN_EVENTS:
-            return jsonify(status="Unknown event"), 200
+        event = require_str(data.get("action"), "action", '"ANNOTATION_CREATED"')
         project = require_object(data.get("project"), "project", '{"id": 7, "label_config": "<View>...</View>"}')
-        project_id = require_str(project.get("id"), "project.id", "7")
+        project_id = require_str(project.get("id"), "project.id", "7", number_ok=True)
         label_config = require_str(project.get("label_config"), "project.label_config", '"<View>...</View>"')
         for key in ("annotation", "task"):
             require_object(data.get(key), key, '{"id": 1, ...}')
+        if event not in TRAIN_EVENTS:
+            return jsonify(status="Unknown event"), 200
         instance(project_id, label_config)  # a broken config is this request's error, not the background's
         background.submit(_run_fit, instance, project_id, label_config, event, data)
         return jsonify(status="ok", result="queued"), 201
@@ -124,7 +126,7 @@ def create_app(settings: BackendSettings | None = None, model_class=SeediffBacke
     @app.route("/versions", methods=["GET", "POST"])
     def versions():
         data = _body() if request.method == "POST" else {}
-        project = require_str(data.get("project") or request.args.get("project"), "project", '"7"')
+        project = require_str(data.get("project", request.args.get("project")), "project", '"7"', number_ok=True)
         version = instance(project).model_version if project else runtime.model_version({})
         return jsonify(versions=[version], model_version=version)
 
