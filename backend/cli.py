@@ -14,7 +14,7 @@ import click
 @click.option("--method", default=None, help="Segmentation method (env SEEDIFF_METHOD).")
 @click.option("--device", default=None, help="cuda, mps or cpu (env SEEDIFF_DEVICE).")
 @click.option("--workers", type=int, default=None, help="Processes; each loads the model (env WORKERS, default 1).")
-@click.option("--threads", type=int, default=None, help="Request threads per process (env THREADS, default 8).")
+@click.option("--threads", type=int, default=None, help="Request threads per process (env THREADS, default 48).")
 @click.option("--model-dir", type=click.Path(path_type=Path), default=None, help="Caches and state (env MODEL_DIR).")
 def serve(host, port, model, method, device, workers, threads, model_dir):
     """Serve the Label Studio ML backend on HOST:PORT."""

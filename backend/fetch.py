@@ -227,7 +227,10 @@ class ImageFetcher:
         if stored is not None:
             digest, data = stored[:32], stored[32:]
             if hashlib.sha256(data).digest() == digest:
-                os.utime(path)  # most recently used
+                try:
+                    os.utime(path)  # most recently used
+                except FileNotFoundError:
+                    pass  # evicted by another request since it was read: the bytes in hand are whole
                 return data
             log.warning("download cache entry %s is damaged: fetched again", path.name)
             path.unlink(missing_ok=True)

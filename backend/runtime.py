@@ -19,7 +19,7 @@ from seediff_core.pipeline import resolve_config
 
 from .controls import ImageTarget
 from .errors import RequestError
-from .fetch import ImageFetcher
+from .fetch import FetchError, ImageFetcher
 from .settings import BackendSettings
 from .state import ProjectState
 from .worker import BATCH, INTERACTIVE, InferenceWorker, ModelHolder, QueueFull
@@ -212,7 +212,9 @@ class Runtime:
         for i, outcome in enumerate(outcomes):
             if isinstance(outcome, Exception):
                 self.metrics.failed()
-                log.error("task %s failed: %s: %s", tasks[i].get("id"), type(outcome).__name__, outcome)
+                ours = isinstance(outcome, (RequestError, ImageError, FetchError))
+                log.error("task %s failed: %s: %s", tasks[i].get("id"), type(outcome).__name__, outcome,
+                          exc_info=None if ours else outcome)  # a bug of ours: its traceback
         return outcomes
 
     def segment_interactive(self, task: dict, target: ImageTarget, hints: dict[str, Hints], options: "ProjectOptions"):

@@ -193,7 +193,10 @@ def serve(settings: BackendSettings) -> None:
     class _Gunicorn(BaseApplication):
         def load_config(self):
             for key, value in {"bind": f"{settings.host}:{settings.port}", "workers": settings.workers,
-                               "threads": settings.threads, "timeout": 0, "loglevel": settings.log_level.lower()}.items():
+                               "threads": settings.threads, "timeout": 0, "loglevel": settings.log_level.lower(),
+                               # Clients that reuse a connection after a Retry-After wait must not
+                               # find it closed under them (gunicorn's default is 2 s).
+                               "keepalive": 75}.items():
                 self.cfg.set(key, value)
 
         def load(self):

@@ -3,7 +3,7 @@
 Label Studio connection: LABEL_STUDIO_URL (or LABEL_STUDIO_HOST), LABEL_STUDIO_API_KEY (or
 LABEL_STUDIO_ACCESS_TOKEN): a Personal Access Token (exchanged for short-lived access tokens) or a
 legacy token. LOCAL_FILES_DOCUMENT_ROOT lets local-files images be read from disk.
-Server: HOST, PORT (9090), WORKERS (1), THREADS (8), LOG_LEVEL, BASIC_AUTH_USER / BASIC_AUTH_PASS,
+Server: HOST, PORT (9090), WORKERS (1), THREADS (48), LOG_LEVEL, BASIC_AUTH_USER / BASIC_AUTH_PASS,
 MODEL_DIR (caches: downloads, state).
 Model: SEEDIFF_MODEL, SEEDIFF_METHOD, SEEDIFF_DEVICE, SEEDIFF_DTYPE, SEEDIFF_SETTINGS (a JSON object
 of any pipeline setting), or one setting at a time as SEEDIFF_<NAME> (e.g. SEEDIFF_TIMESTEP=300).
@@ -45,7 +45,7 @@ class BackendSettings:
     host: str = "0.0.0.0"
     port: int = 9090
     workers: int = 1
-    threads: int = 8
+    threads: int = 48  # request threads mostly wait on the model; enough that a click never waits for one
     model: str = DEFAULT_MODEL
     pipeline: dict[str, Any] = field(default_factory=dict)  # SeediffConfig overrides (method, device, ...)
     queue_size: int = 256
@@ -81,7 +81,7 @@ class BackendSettings:
             host=_env("HOST", default="0.0.0.0"),
             port=int(_env("PORT", default="9090")),
             workers=int(_env("WORKERS", default="1")),
-            threads=int(_env("THREADS", default="8")),
+            threads=int(_env("THREADS", default="48")),
             model=_env("SEEDIFF_MODEL", default=DEFAULT_MODEL),
             pipeline=pipeline,
             queue_size=int(_env("SEEDIFF_QUEUE_SIZE", default="256")),

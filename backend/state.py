@@ -42,15 +42,20 @@ class ProjectState:
 
     def _connect(self) -> sqlite3.Connection:
         """This thread's connection (sqlite3 connections may not cross threads); a new one when the
-        database file was deleted under us, which SQLite would otherwise keep writing to unseen."""
-        db = getattr(self._local, "db", None)
-        if db is not None and not self.path.exists():
-            log.warning("state database %s was deleted: starting a new one", self.path)
+        database file was deleted or replaced under us, which SQLite would otherwise keep using unseen."""
+        db, inode = getattr(self._local, "db", None), getattr(self._local, "inode", None)
+        try:
+            current = self.path.stat().st_ino
+        except FileNotFoundError:
+            current = None
+        if db is not None and current != inode:
+            log.warning("state database %s was deleted or replaced: opening it anew", self.path)
             db.close()
             db = None
         if db is None:
             db = self._local.db = sqlite3.connect(self.path, timeout=10)
             db.execute("CREATE TABLE IF NOT EXISTS state (project TEXT, key TEXT, value TEXT, PRIMARY KEY (project, key))")
+            self._local.inode = self.path.stat().st_ino
         return db
 
     def get(self, project: str, key: str) -> str | None:

@@ -48,9 +48,11 @@ class InferenceWorker:
             self._check(count)
 
     def submit(self, jobs: list[Callable[[], Any]], priority: int = BATCH) -> list[Future]:
-        """Queue all ``jobs`` or none. Raises QueueFull when they do not fit."""
+        """Queue all ``jobs`` or none. Raises QueueFull when batch jobs do not fit; interactive jobs
+        (an annotator waiting on a click) are always taken, ahead of the batch work."""
         with self._lock:
-            self._check(len(jobs))
+            if priority != INTERACTIVE:
+                self._check(len(jobs))
             self._pending += len(jobs)
         futures = []
         for job in jobs:

@@ -37,3 +37,15 @@ def label_studio(tmp_path_factory):
     from label_studio_server import start_label_studio
 
     yield from start_label_studio(tmp_path_factory.mktemp("label-studio"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked gpu run only where CUDA is available."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
