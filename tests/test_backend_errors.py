@@ -35,6 +35,8 @@ def _keypoint(**value):
 MALFORMED = {
     # name: (route, body, the field the answer must name)
     "task not an object": ("/predict", {"tasks": [1], "label_config": CONFIG}, "tasks[0]"),
+    "task null": ("/predict", {"tasks": [TASK, None], "label_config": CONFIG}, "tasks[1]"),
+    "task id an object": ("/predict", {"tasks": [{"id": {}, "data": {}}], "label_config": CONFIG}, "tasks[0].id"),
     "tasks not a list": ("/predict", {"tasks": {"id": 1}, "label_config": CONFIG}, "tasks"),
     "no tasks": ("/predict", {"tasks": [], "label_config": CONFIG}, "tasks"),
     "keypoint without x": ("/predict", {"tasks": [TASK], "label_config": CONFIG, **_keypoint(y=5)}, "params.context.result[0].value.x"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import threading
+from concurrent.futures import ThreadPoolExecutor
 import time
 
 import cv2
@@ -19,7 +20,7 @@ from backend.model import hints_from_context
 from backend.rle import mask_to_rle, rle_to_mask
 from backend.settings import BackendSettings
 from backend.errors import Unavailable
-from backend.worker import InferenceWorker, ModelHolder, QueueFull
+from backend.worker import INTERACTIVE, InferenceWorker, ModelHolder, QueueFull
 
 # ----------------------------------------------------------------------------- RLE
 
@@ -207,7 +208,9 @@ def test_a_full_queue_refuses_all_or_nothing_and_failures_do_not_kill_the_worker
     with pytest.raises(QueueFull) as info:
         worker.submit([lambda: 1])
     assert info.value.retry_after >= 1 and worker.stats["rejected"] == 1
+    click = worker.submit([lambda: "click"], priority=INTERACTIVE)[0]  # an annotator is never refused
     gate.set()
+    assert click.result(5) == "click"
     for future in held:
         future.result(5)
     (failing,) = worker.submit([lambda: 1 / 0])
@@ -229,3 +232,31 @@ def test_model_holder_reports_loading_ready_and_errors():
     with pytest.raises(Unavailable, match="failed to load: OSError: no weights"):
         broken.get(timeout=5)
     assert broken.state == "error"
+
+
+# ----------------------------------------------------------------------------- state
+
+
+def test_a_damaged_state_database_is_moved_aside_and_rebuilt(tmp_path):
+    from backend.state import ProjectState
+
+    path = tmp_path / "cache.db"
+    path.write_bytes(b"SQLite format 3\0" + b"torn" * 2000)
+    state = ProjectState(path)
+    state.set("1", "label_config", "<View/>")
+    assert state.get("1", "label_config") == "<View/>"
+    (aside,) = tmp_path.glob("cache.db.corrupt-*")
+    assert aside.read_bytes().endswith(b"torn")
+
+
+def test_a_deleted_state_database_is_opened_anew_in_every_thread(tmp_path):
+    from backend.state import ProjectState
+
+    state = ProjectState(tmp_path / "cache.db")
+    state.set("1", "k", "old")
+    with ThreadPoolExecutor(1) as other:  # one thread that keeps its own connection between calls
+        assert other.submit(state.get, "1", "k").result() == "old"
+        (tmp_path / "cache.db").unlink()
+        state.set("1", "k", "new")
+        assert other.submit(state.get, "1", "k").result() == "new"
+    assert state.get("1", "k") == "new" and (tmp_path / "cache.db").is_file()

@@ -62,6 +62,22 @@ MUTATIONS = [
              "if hashlib.sha256(data).digest() == digest:", "if True:"),
     Mutation("an unwritable cache is skipped", "backend/fetch.py",
              "        except OSError as exc:\n            log.warning(\"download cache", "        except ZeroDivisionError as exc:\n            log.warning(\"download cache"),
+    Mutation("interactive clicks are never refused by a full queue", "backend/worker.py",
+             "if priority != INTERACTIVE:", "if True:", ("tests/test_backend_units.py",)),
+    Mutation("a damaged state database is moved aside and rebuilt", "backend/state.py",
+             "        except sqlite3.DatabaseError as exc:\n            aside",
+             "        except ZeroDivisionError as exc:\n            aside", ("tests/test_backend_units.py",)),
+    Mutation("a deleted state database is opened anew in every thread", "backend/state.py",
+             "if db is not None and current != inode:", "if db is not None and current is None:",
+             ("tests/test_backend_units.py",)),
+    Mutation("tasks must be objects", "backend/server.py",
+             """'{"id": 1, "data": {"image": "..."}}', optional=False)""", """'{"id": 1, "data": {"image": "..."}}')""",
+             ("tests/test_backend_errors.py",)),
+    Mutation("click coordinates must be numbers", "backend/model.py",
+             "if isinstance(number, bool) or not isinstance(number, (int, float)) or number != number:", "if False:",
+             ("tests/test_backend_errors.py",)),
+    Mutation("settings are type-checked", "seediff_core/config.py", "    _check_types(self)\n", "",
+             ("tests/test_backend_errors.py",)),
     Mutation("basic auth is required when set", "backend/server.py",
              "        if not ok:\n            response = _error(401", "        if False:\n            response = _error(401",
              tuple(AUTH_TESTS)),
@@ -84,7 +100,7 @@ def run(mutation: Mutation, timeout: int) -> list[str]:
                                  f"--timeout={timeout}", *mutation.tests], cwd=ROOT, capture_output=True, text=True)
     finally:
         path.write_text(original)
-    return sorted(set(re.findall(r"^FAILED (\S+?)(?: - .*)?$", result.stdout, re.M)))
+    return sorted(set(re.findall(r"^FAILED (.+?)(?: - .*)?$", result.stdout, re.M)))
 
 
 def main() -> None:
