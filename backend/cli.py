@@ -51,8 +51,9 @@ def serve(host, port, model, method, device, workers, threads, model_dir):
 @click.option("--force", is_flag=True, help="Predict again tasks that hold a prediction of this model version.")
 @click.option("--dry-run", is_flag=True, help="Count what would be predicted and skipped; predict nothing.")
 @click.option("--order", type=click.Choice(["none", "uncertainty"]), default="none", show_default=True,
-              help="uncertainty: make the project's model version this run's, so the Data Manager sorted by "
-                   "prediction score, ascending, lists the least certain tasks first.")
+              help="uncertainty: make the project's model version this run's even over one chosen by hand (without "
+                   "it, only an empty, a backend-title or an older seediff version is replaced), so the Data Manager "
+                   "sorted by prediction score, ascending, lists the least certain tasks first.")
 @click.option("--report", "report_file", type=click.Path(path_type=Path), default=None, help="Write the run's report (JSON).")
 @click.option("--model-dir", type=click.Path(path_type=Path), default=None, help="Caches and state (env MODEL_DIR).")
 @click.option("--ray", "use_ray", is_flag=True, help="Run on Ray Data (pip install 'seediff[ray]'): fetch, segment "
@@ -71,6 +72,8 @@ def prelabel(project, view, task_ids, limit, source, target, config_file, labels
     from tqdm import tqdm
 
     from . import prelabel as bulk
+    from .fetch import TokenProvider
+    from .project_version import sync_project_version
     from .settings import BackendSettings
 
     def usage(message: str):
@@ -142,8 +145,13 @@ def prelabel(project, view, task_ids, limit, source, target, config_file, labels
     else:
         report = job.run(tasks, upload, progress, skip)
     bar.close()
-    if client is not None and order == "uncertainty" and report.done:
-        bulk.set_project_version(client, project, version)
+    if client is not None and report.done:
+        # The Data Manager's score column counts the project's model version only; --order uncertainty
+        # sets it even over a version chosen by hand.
+        tokens = TokenProvider(settings.label_studio_url, settings.api_key, settings.fetch_timeout)
+        if sync_project_version(settings.label_studio_url, tokens, project, version, force=order == "uncertainty") == "chosen":
+            click.echo(f"the project keeps the model version chosen in its settings; choose {version} there (or "
+                       "pass --order uncertainty) to see these predictions' scores in the Data Manager")
     if target is not None:
         failed_ids = set(report.failed)
         kept = [t for t in tasks if str(t.get("id")) in failed_ids or skip(t)]

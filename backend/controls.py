@@ -1,7 +1,8 @@
 """From a Label Studio labeling config to what to segment, and from masks to result regions.
 
-One class per control tag: BrushLabels (RLE), PolygonLabels (contours in percent) and
-BitmaskLabels (PNG data URL). Controls pointing at the same Image share one segmentation of it.
+One class per control tag: BrushLabels (RLE), PolygonLabels (outlines in percent) and
+BitmaskLabels (PNG data URL); each object of a label's mask (``Region``) is one result region with
+its own score. Controls pointing at the same Image share one segmentation of it.
 A ``<Label predicted_values="cat,kitten">`` gives the label's prompt words.
 """
 
@@ -14,8 +15,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-import cv2
 import numpy as np
+
+from seediff_core.results import Region
 
 from .errors import RequestError
 from .rle import mask_to_rle
@@ -34,8 +36,14 @@ class ControlModel:
     tag: ClassVar[str] = ""
     result_type: ClassVar[str] = ""
 
-    def regions(self, label: str, mask: np.ndarray, score: float) -> list[dict]:
-        """Result regions for one label's (H, W) uint8 0/255 mask in the original frame."""
+    def regions(self, label: str, regions: list[Region], height: int, width: int) -> list[dict]:
+        """Result regions, one per object of one label, each with its own score; ``height`` and
+        ``width`` are the original image's."""
+        return [self.region(value, label, region.score, height, width)
+                for region in regions for value in self.values(region, height, width)]
+
+    def values(self, region: Region, height: int, width: int) -> list[dict]:
+        """The ``value`` dicts (without the label) that draw one region in this tag's format."""
         raise NotImplementedError
 
     def region(self, value: dict, label: str, score: float, height: int, width: int) -> dict:
@@ -58,47 +66,32 @@ class BrushLabelsControl(ControlModel):
     tag = "BrushLabels"
     result_type = "brushlabels"
 
-    def regions(self, label: str, mask: np.ndarray, score: float) -> list[dict]:
-        return [self.region({"format": "rle", "rle": mask_to_rle(mask)}, label, score, *mask.shape)]
+    def values(self, region: Region, height: int, width: int) -> list[dict]:
+        return [{"format": "rle", "rle": mask_to_rle(region.full_mask(height, width))}]
 
 
 class PolygonLabelsControl(ControlModel):
-    """One polygon per connected part (holes cannot be drawn as polygons), simplified to within
-    ~0.15 % of the image's long side; parts smaller than 0.01 % of the image are dropped."""
+    """The region's smooth outline (``Region.outline``), in percent of the image; Label Studio's
+    polygons have no holes, so a region with holes is drawn by its outer boundary."""
 
     tag = "PolygonLabels"
     result_type = "polygonlabels"
 
-    def regions(self, label: str, mask: np.ndarray, score: float) -> list[dict]:
-        height, width = mask.shape
-        contours, _ = cv2.findContours((mask > 0).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-        min_area = max(16.0, 1e-4 * height * width)
-        tolerance = max(1.0, 0.0015 * max(height, width))
-        out = []
-        for contour in contours:
-            if cv2.contourArea(contour) < min_area:
-                continue
-            points = cv2.approxPolyDP(contour, tolerance, True)[:, 0, :].astype(np.float64)
-            if len(points) < 3:
-                continue
-            # Contours run through pixel centres; percentages are of the image's width and height.
-            percent = np.stack([(points[:, 0] + 0.5) / width, (points[:, 1] + 0.5) / height], 1) * 100
-            value = {"points": np.round(percent, 3).tolist(), "closed": True}
-            out.append(self.region(value, label, score, height, width))
-        return out
+    def values(self, region: Region, height: int, width: int) -> list[dict]:
+        return [{"points": np.round(polygon / [width, height] * 100, 3).tolist(), "closed": True}
+                for polygon in region.outline]
 
 
 class BitmaskLabelsControl(ControlModel):
     tag = "BitmaskLabels"
     result_type = "bitmasklabels"
 
-    def regions(self, label: str, mask: np.ndarray, score: float) -> list[dict]:
+    def values(self, region: Region, height: int, width: int) -> list[dict]:
         from PIL import Image
 
         buffer = io.BytesIO()
-        Image.fromarray(mask).save(buffer, format="PNG", optimize=True)
-        url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-        return [self.region({"imageDataURL": url}, label, score, *mask.shape)]
+        Image.fromarray(region.full_mask(height, width)).save(buffer, format="PNG", optimize=True)
+        return [{"imageDataURL": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()}]
 
 
 CONTROLS = {cls.tag: cls for cls in (BrushLabelsControl, PolygonLabelsControl, BitmaskLabelsControl)}

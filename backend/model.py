@@ -63,15 +63,15 @@ class SeediffBackend(LabelStudioMLBase):
         regions, scores = [], []
         for target, result in segmented:
             scores.append(result.score)
+            size = (result.height, result.width)
             for control in target.controls:
                 if everything:  # unlabelled segments, each under the control's first label
                     for item in result.masks:
-                        regions.extend(control.regions(control.labels[0], item.mask, item.score))
+                        regions.extend(control.regions(control.labels[0], item.regions, *size))
                     continue
                 for label in control.labels:
-                    item = result[label] if label in result.labels else None
-                    if item is not None and item.area > 0:
-                        regions.extend(control.regions(label, item.mask, item.score))
+                    if label in result.labels:
+                        regions.extend(control.regions(label, result[label].regions, *size))
         score = float(np.mean(scores)) if scores else 0.0
         return {"result": regions, "score": round(score, 4), "model_version": self.model_version}
 

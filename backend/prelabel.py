@@ -261,12 +261,6 @@ def import_to_project(client, project_id: int):
     return upload
 
 
-def set_project_version(client, project_id: int, model_version: str) -> None:
-    """Make the Data Manager show (and sort by) these predictions' scores: its prediction-score
-    column only counts predictions of the project's model version."""
-    client.projects.update(id=project_id, model_version=model_version)
-
-
 # ---------------------------------------------------------------------- files
 
 

@@ -11,6 +11,8 @@ import numpy as np
 import requests
 from PIL import Image
 
+from seediff_core.regions import regions_of
+
 from .controls import parse_targets
 from .fetch import TokenProvider
 from .settings import BackendSettings
@@ -65,9 +67,9 @@ def import_dataset(folder: str | Path, project_id: int, settings: BackendSetting
             regions = []
             for control in target.controls:
                 for index, label in enumerate(labels, start=1):
-                    mask = (classes == index).astype(np.uint8) * 255
-                    if label in control.labels and mask.any():
-                        regions.extend(control.regions(label, mask, meta["score"]))
+                    if label in control.labels:
+                        found = regions_of(classes == index, meta["score"])
+                        regions.extend(control.regions(label, found, *classes.shape))
             client.predictions.create(task=task_id, result=regions, score=meta["score"],
                                       model_version=f"seediff-synth-{meta['method']}-{Path(meta['model']).name}")
             meta["label_studio"] = {"project": project_id, "task": task_id}

@@ -20,6 +20,7 @@ from seediff_core.pipeline import resolve_config
 from .controls import ImageTarget
 from .errors import RequestError
 from .fetch import FetchError, ImageFetcher
+from .project_version import ProjectVersions
 from .settings import BackendSettings
 from .state import ProjectState
 from .worker import BATCH, INTERACTIVE, InferenceWorker, ModelHolder, QueueFull
@@ -69,6 +70,7 @@ class Runtime:
         self.settings = settings
         self.state = ProjectState(settings.model_dir / "cache.db")
         self.fetcher = ImageFetcher(settings)
+        self.project_versions = ProjectVersions(self.fetcher.base, self.fetcher.tokens, self.state, settings.fetch_timeout)
         self.worker = InferenceWorker(settings.queue_size)
         self.metrics = Metrics()
         self._fetch_pool = ThreadPoolExecutor(4, thread_name_prefix="seediff-fetch")
@@ -139,7 +141,9 @@ class Runtime:
         digest = hashlib.sha256(json.dumps([config, options.words, options.everything], sort_keys=True).encode()).hexdigest()[:8]
         model = self.settings.model.rstrip("/").rsplit("/", 1)[-1]
         mode = {"invert": f"inv{config['inversion_steps']}", "noise": "noise", "clean": "clean"}[config["noise_mode"]]
-        return f"seediff-{config['method']}-{model}-t{config['timestep']}-{mode}-{digest}"
+        # "seediff-shapes-world-...": the product's name, then the method's unless it is SeeDiff itself.
+        method = "" if config["method"] == "seediff" else f"{config['method']}-"
+        return f"seediff-{method}{model}-t{config['timestep']}-{mode}-{digest}"
 
     # ------------------------------------------------------------------ work
 

@@ -95,6 +95,8 @@ def create_app(settings: BackendSettings | None = None, model_class=SeediffBacke
         runtime.metrics.requests += 1
         model = instance(project, label_config)
         predictions = model.predict(tasks, context=context or None)
+        if not context and any(predictions):  # the Data Manager shows scores of the project's version only
+            runtime.project_versions.after_predictions(model.project_id, model.model_version)
         body = {"results": predictions, "model_version": model.model_version}
         if model.task_errors:
             body["errors"] = [{"index": i, "task": tasks[i].get("id"), "error": message}

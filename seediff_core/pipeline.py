@@ -8,8 +8,10 @@ image through every stage:
    hash + settings, so asking again with other labels does not invert again;
 3. one UNet pass per prompt (labels that overflow the text window take several passes over the
    same latents), capturing only the layers the method reads;
-4. the method turns the maps into soft maps, disjoint masks and scores on the working grid;
-5. maps go back to the original width x height.
+4. the method turns the maps into soft maps, disjoint masks and a way to score masks;
+5. each label's mask is split into its objects (regions: fragments and slivers dropped, only the
+   clicked objects where an annotator clicked), each scored alone;
+6. masks, regions and their outlines go back to the original width x height.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -32,9 +35,11 @@ from .images import PreparedImage, load_image, prepare_image, to_original
 from .latents import LatentCache, add_noise, ddim_invert, encode_image
 from .maps import AttentionMaps, collect_maps
 from .methods import get_method, method_defaults
+from .methods.base import MethodOutput
 from .models import DiffusionModel, load_model
 from .prompts import Prompt, build_prompts
-from .results import LabelMask, SegmentationResult
+from .regions import clicked_objects, outline, split_objects
+from .results import LabelMask, Region, SegmentationResult
 
 ImageInput = str | Path | bytes | Image.Image
 TEXT_CACHE_SIZE = 256
@@ -180,8 +185,7 @@ class Segmenter:
             own = _Clock(item_timings, self.model.device)
             with own("method"):
                 output = method.segment(maps, config)
-            results.append(self._result(item, labels, output.masks, output.scores, output.soft, config, prompts,
-                                        item_timings, own))
+            results.append(self._result(item, labels, output, config, prompts, item_timings, own, maps.hints))
         return results
 
     def segment_everything(self, image: ImageInput, **settings: Any) -> SegmentationResult:
@@ -208,9 +212,10 @@ class Segmenter:
             segments = segments & valid
             segments = segments[segments.flatten(1).sum(1).argsort(descending=True)]
             segments = segments[segments.flatten(1).any(1)]
-            scores = containment(aggregate(maps), segments, maps.latent_size)
+            aggregated = aggregate(maps)
+            output = MethodOutput(segments.float(), segments, lambda m: containment(aggregated, m, maps.latent_size))
         names = [f"segment {i + 1}" for i in range(len(segments))]
-        return self._result(prepared, names, segments, scores, segments.float(), config, prompts, timings, clock)
+        return self._result(prepared, names, output, config, prompts, timings, clock)
 
     def _prepare(self, image: ImageInput, config: SeediffConfig, clock: "_Clock") -> PreparedImage:
         with clock("prepare"):
@@ -242,12 +247,32 @@ class Segmenter:
             ))
         return out
 
-    def _result(self, prepared, labels, masks, scores, soft, config, prompts, timings, clock) -> SegmentationResult:
+    def _result(self, prepared: PreparedImage, labels: list[str], output: MethodOutput, config: SeediffConfig,
+                prompts: list[Prompt], timings: dict[str, float], clock: "_Clock",
+                hints: Mapping[str, Hints] | None = None) -> SegmentationResult:
+        """The method's masks split into regions (fragments and slivers gone, only clicked objects
+        for labels with positive clicks), scored, and mapped to the original frame."""
+        with clock("regions"):
+            masks = output.masks.bool()
+            objects = split_labels(masks, labels, prepared, config, hints or {})
+            cleaned = torch.stack([_union(parts, prepared.size) for parts in objects]) if objects else masks
+            scores = output.score(cleaned) if objects else torch.zeros(0)
         with clock("to_original"):
-            original = masks_to_original(masks, prepared)
-            soft = _crop_content(soft, prepared)
-        items = [LabelMask(label, original[k], float(scores[k]) if original[k].any() else 0.0, soft[k])
-                 for k, label in enumerate(labels)]
+            original = masks_to_original(cleaned, prepared)
+            soft = _crop_content(output.soft, prepared)
+        with clock("regions"):
+            items = []
+            for k, label in enumerate(labels):
+                regions = []
+                for part, mask in zip(objects[k], regions_to_original(objects[k], original[k], prepared)):
+                    alone = torch.zeros_like(cleaned)
+                    alone[k] = part
+                    region = _crop_region(mask, float(output.score(alone)[k]),
+                                          _outline(part, prepared, config.polygon_tolerance))
+                    if region is not None:
+                        regions.append(region)
+                items.append(LabelMask(label, original[k], float(scores[k]) if original[k].any() else 0.0, soft[k],
+                                       regions))
         timings["total"] = sum(v for k, v in timings.items() if k != "total")
         return SegmentationResult(
             masks=items,
@@ -347,6 +372,58 @@ def masks_to_original(masks: torch.Tensor, prepared: PreparedImage) -> list[np.n
     original = to_original(stacked, prepared)
     winner = original.argmax(dim=0)
     return [((winner == k + 1).numpy().astype(np.uint8) * 255) for k in range(masks.shape[0])]
+
+
+def split_labels(masks: torch.Tensor, labels: list[str], prepared: PreparedImage, config: SeediffConfig,
+                 hints: Mapping[str, Hints]) -> list[list[torch.Tensor]]:
+    """(K, h, w) bool masks on the working grid -> per label its objects ((h, w) bool each), with
+    the region settings' fragments and slivers dropped; a label with positive clicks (``hints`` in
+    fractions of the grid) keeps only the objects under them."""
+    _, _, cw, ch = prepared.content
+    min_area = config.min_region_area * cw * ch
+    min_width = config.min_region_width * max(cw, ch)
+    out = []
+    for k, label in enumerate(labels):
+        parts = split_objects(masks[k], min_area, min_width)
+        hint = hints.get(label)
+        out.append(clicked_objects(parts, hint.positive) if hint else parts)
+    return out
+
+
+def regions_to_original(parts: list[torch.Tensor], mask: np.ndarray, prepared: PreparedImage) -> list[np.ndarray]:
+    """Split a label's (H, W) uint8 0/255 mask in the original frame along its objects on the grid
+    (``parts``, (h, w) bool each): every pixel goes to the nearest object. Returns (H, W) bool each."""
+    if len(parts) <= 1:
+        return [mask > 0 for _ in parts]
+    from scipy.ndimage import distance_transform_edt
+
+    ids = np.zeros(prepared.size, dtype=np.int32)
+    for index, part in enumerate(parts, start=1):
+        ids[part.numpy()] = index
+    _, (rows, cols) = distance_transform_edt(ids == 0, return_indices=True)
+    x, y, cw, ch = prepared.content
+    width, height = prepared.original_size
+    nearest = cv2.resize(ids[rows, cols][y : y + ch, x : x + cw], (width, height), interpolation=cv2.INTER_NEAREST)
+    return [(mask > 0) & (nearest == index) for index in range(1, len(parts) + 1)]
+
+
+def _union(parts: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    return torch.stack(parts).any(dim=0) if parts else torch.zeros(size, dtype=torch.bool)
+
+
+def _outline(part: torch.Tensor, prepared: PreparedImage, tolerance: float) -> list[np.ndarray]:
+    x, y, cw, ch = prepared.content
+    width, height = prepared.original_size
+    return outline(part[y : y + ch, x : x + cw].numpy(), (width / cw, height / ch), tolerance)
+
+
+def _crop_region(mask: np.ndarray, score: float, polygons: list[np.ndarray]) -> Region | None:
+    """A Region from its (H, W) bool mask in the original frame; None when no pixel is left."""
+    rows, cols = np.nonzero(mask)
+    if rows.size == 0:
+        return None
+    x0, y0, x1, y1 = int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1
+    return Region((x0, y0, x1, y1), mask[y0:y1, x0:x1].astype(np.uint8) * 255, score, polygons)
 
 
 def _crop_content(maps: torch.Tensor, prepared: PreparedImage) -> np.ndarray:

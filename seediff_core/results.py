@@ -9,6 +9,39 @@ import numpy as np
 
 
 @dataclass
+class Region:
+    """One object of a label: a connected part of its mask, scored alone.
+
+    Attributes:
+        box (`tuple[int, int, int, int]`): (x0, y0, x1, y1) pixel bounds in the original frame,
+            x1 and y1 exclusive.
+        mask (`np.ndarray`): (y1 - y0, x1 - x0) uint8, 255 inside, 0 outside: the crop of the
+            original frame under ``box`` (holes kept).
+        score (`float`): in [0, 1], the method's score of this object alone (as if it were the
+            label's whole mask).
+        outline (`list[np.ndarray]`): (N, 2) float (x, y) polygons in the original frame's
+            continuous coordinates (the image spans [0, W] x [0, H]): the object's smooth outer
+            boundary, simplified relative to its size; holes are not traced.
+    """
+
+    box: tuple[int, int, int, int]
+    mask: np.ndarray
+    score: float
+    outline: list[np.ndarray] = field(default_factory=list)
+
+    @property
+    def area(self) -> int:
+        return int(np.count_nonzero(self.mask))
+
+    def full_mask(self, height: int, width: int) -> np.ndarray:
+        """(height, width) uint8 0/255: the region in the whole original frame."""
+        out = np.zeros((height, width), dtype=np.uint8)
+        x0, y0, x1, y1 = self.box
+        out[y0:y1, x0:x1] = self.mask
+        return out
+
+
+@dataclass
 class LabelMask:
     """One label's result.
 
@@ -19,12 +52,14 @@ class LabelMask:
             expanded attention between the mask and the rest of the image). 0 for an empty mask.
         soft (`np.ndarray`): (h, w) float32 in [0, 1], the method's confidence map on the working
             grid, cropped to the image (same aspect ratio as the original, smaller).
+        regions (`list[Region]`): the mask's separate objects, largest first; their union is ``mask``.
     """
 
     label: str
     mask: np.ndarray
     score: float
     soft: np.ndarray
+    regions: list[Region] = field(default_factory=list)
 
     @property
     def area(self) -> int:
@@ -70,7 +105,9 @@ class SegmentationResult:
             "method": self.method,
             "model": self.model,
             "score": round(self.score, 6),
-            "labels": [{"label": m.label, "score": round(m.score, 6), "area": m.area} for m in self.masks],
+            "labels": [{"label": m.label, "score": round(m.score, 6), "area": m.area,
+                        "regions": [{"box": list(r.box), "score": round(r.score, 6), "area": r.area} for r in m.regions]}
+                       for m in self.masks],
             "prompts": self.prompts,
             "settings": self.settings,
             "timings": {k: round(v, 4) for k, v in self.timings.items()},

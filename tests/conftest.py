@@ -39,6 +39,26 @@ def label_studio(tmp_path_factory):
     yield from start_label_studio(tmp_path_factory.mktemp("label-studio"))
 
 
+@pytest.fixture(scope="session")
+def ls_pat(label_studio) -> str:
+    """A Personal Access Token of the Label Studio admin (what a user gives the backend)."""
+    import requests
+    from label_studio_server import TOKEN
+
+    response = requests.post(f"{label_studio}/api/token/", headers={"Authorization": f"Token {TOKEN}"}, timeout=30)
+    response.raise_for_status()
+    return response.json()["token"]
+
+
+@pytest.fixture(scope="session")
+def ls_backend(label_studio, ls_pat, tmp_path_factory):
+    """``seediff serve`` on the shipped shapes-world model, authenticated to the shared Label Studio
+    with a Personal Access Token; yields (url, log path)."""
+    from label_studio_server import start_backend
+
+    yield from start_backend(label_studio, ls_pat, tmp_path_factory.mktemp("backend"))
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked gpu run only where CUDA is available."""
     import torch

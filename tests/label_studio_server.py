@@ -84,3 +84,39 @@ def start_label_studio(home: Path):
         process.wait(30)
 
 
+def start_backend(label_studio: str, api_key: str, home: Path):
+    """``seediff serve`` on shapes-world (SEEDIFF_E2E_MODEL to debug with another), talking to
+    ``label_studio`` with ``api_key``; yields (url, log path), stops it afterwards."""
+    import shutil
+
+    port = free_port()
+    env = dict(os.environ, LABEL_STUDIO_URL=label_studio, LABEL_STUDIO_API_KEY=api_key, MODEL_DIR=str(home / "models"),
+               LOG_LEVEL="INFO", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), HF_HUB_OFFLINE="1")
+    log = home / "backend.log"
+    exe = shutil.which("seediff", path=str(Path(sys.executable).parent)) or "seediff"
+    with open(log, "w") as out:
+        model = os.environ.get("SEEDIFF_E2E_MODEL", "shapes-world")
+        process = subprocess.Popen([exe, "serve", "--host", "127.0.0.1", "--port", str(port), "--model", model],
+                                   env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait(f"{url}/health", lambda body: body.get("model_state") == "ready", 300, process, log)
+        yield url, log
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def data_manager_scores(label_studio: str, project_id: int, expected: int, timeout: float = 60) -> dict[int, float | None]:
+    """Task id -> the "Prediction score" the Data Manager lists (its task list API), polled until
+    ``expected`` tasks have one: the backend syncs the project's model version in the background."""
+    deadline = time.time() + timeout
+    while True:
+        response = requests.get(f"{label_studio}/api/tasks", params={"project": project_id, "fields": "all",
+                                                                     "page_size": 100},
+                                headers={"Authorization": f"Token {TOKEN}"}, timeout=30)
+        response.raise_for_status()
+        scores = {t["id"]: t.get("predictions_score") for t in response.json()["tasks"]}
+        if sum(v is not None for v in scores.values()) >= expected or time.time() > deadline:
+            return scores
+        time.sleep(1)

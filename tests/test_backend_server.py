@@ -57,7 +57,8 @@ def test_health_setup_versions_and_metrics(client):
     assert health["status"] == "UP" and health["model_state"] == "ready" and client.get("/").json == health
     setup = client.post("/setup", json={"project": "4.1700000000", "schema": CONFIG, "extra_params": None})
     version = setup.json["model_version"]
-    assert setup.status_code == 200 and version.startswith("seediff-seediff-")
+    # The product's name once, then the model: SeeDiff is the default method and is not repeated.
+    assert setup.status_code == 200 and version.startswith("seediff-") and not version.startswith("seediff-seediff-")
     assert client.post("/versions", json={"project": "4"}).json["versions"] == [version]
     metrics = client.get("/metrics").json
     assert metrics["model_state"] == "ready" and metrics["queue"]["capacity"] == 256
@@ -108,6 +109,8 @@ def test_extra_params_change_settings_and_version_and_are_validated(client):
     tuned = client.post("/setup", json={"project": "5.1", "schema": CONFIG,
                                         "extra_params": {"t": 150, "prompts": {"Dog": ["puppy"]}}}).json["model_version"]
     assert plain != tuned and "-t150-" in tuned
+    other = client.post("/setup", json={"project": "15.1", "schema": CONFIG, "extra_params": {"method": "diffseg"}})
+    assert other.json["model_version"].startswith("seediff-diffseg-")  # another method is named
     response = _predict(client, [{"id": 1, "data": {"image": _url()}}], project="5.1")
     assert response.json["results"][0]["model_version"] == tuned
     bad = client.post("/setup", json={"project": "6.1", "schema": CONFIG, "extra_params": {"final_treshold": 0.5}})

@@ -18,6 +18,7 @@ from PIL import Image
 from backend.controls import parse_targets
 from backend.model import hints_from_context
 from backend.rle import mask_to_rle, rle_to_mask
+from seediff_core.regions import regions_of
 from backend.settings import BackendSettings
 from backend.errors import Unavailable
 from backend.worker import INTERACTIVE, InferenceWorker, ModelHolder, QueueFull
@@ -106,12 +107,18 @@ def test_regions_decode_back_to_the_mask_and_validate():
     (target,) = parse_targets(interface)
     brush, poly = target.controls
     mask = _disk()
-    (region,) = brush.regions("Cat", mask, 0.8)
-    assert region["type"] == "brushlabels" and region["value"]["brushlabels"] == ["Cat"]
-    assert (region["original_width"], region["original_height"], region["image_rotation"]) == (90, 120, 0)
-    assert np.array_equal(rle_to_mask(region["value"]["rle"], 120, 90), mask)
-    polygons = poly.regions("Dog", mask, 0.5)
-    assert len(polygons) == 2  # one per connected part
+    found = regions_of(mask, 0.8)
+    assert len(found) == 2  # the disk and the square, apart
+    brushes = brush.regions("Cat", found, 120, 90)
+    assert len(brushes) == 2
+    decoded = np.zeros_like(mask)
+    for region in brushes:
+        assert region["type"] == "brushlabels" and region["value"]["brushlabels"] == ["Cat"]
+        assert (region["original_width"], region["original_height"], region["image_rotation"]) == (90, 120, 0)
+        decoded |= rle_to_mask(region["value"]["rle"], 120, 90)
+    assert np.array_equal(decoded, mask)
+    polygons = poly.regions("Dog", found, 120, 90)
+    assert len(polygons) == 2  # one per object
     drawn = np.zeros_like(mask)
     for p in polygons:
         points = np.array(p["value"]["points"]) / 100 * [90, 120]
@@ -119,25 +126,28 @@ def test_regions_decode_back_to_the_mask_and_validate():
         cv2.fillPoly(drawn, [np.round(points - 0.5).astype(np.int32)], 255)
     overlap = ((drawn > 0) & (mask > 0)).sum() / ((drawn > 0) | (mask > 0)).sum()
     assert overlap > 0.9
-    prediction = {"result": [region, *polygons], "score": 0.7, "model_version": "v"}
+    prediction = {"result": [*brushes, *polygons], "score": 0.7, "model_version": "v"}
     assert interface.validate_prediction(prediction, return_errors=True) in (True, [], None)
+
+
+def test_each_region_carries_its_own_score():
+    (target,) = parse_targets(LabelInterface(CONFIG))
+    brush, poly = target.controls
+    regions = regions_of(_disk(), 0.8)
+    regions[1].score = 0.3
+    for control in (brush, poly):
+        assert [r["score"] for r in control.regions("Cat", regions, 120, 90)] == [0.8, 0.3]
 
 
 def test_bitmask_regions_carry_a_png_of_the_mask():
     config = '<View><Image name="i" value="$image"/><BitmaskLabels name="b" toName="i"><Label value="A"/></BitmaskLabels></View>'
     (target,) = parse_targets(LabelInterface(config))
-    (region,) = target.controls[0].regions("A", _disk(), 0.9)
-    header, payload = region["value"]["imageDataURL"].split(",", 1)
-    assert header == "data:image/png;base64"
-    assert np.array_equal(np.asarray(Image.open(io.BytesIO(base64.b64decode(payload)))), _disk())
-    assert region["value"]["bitmasklabels"] == ["A"]
-
-
-def test_tiny_specks_are_not_polygons():
-    mask = np.zeros((100, 100), np.uint8)
-    mask[5:7, 5:7] = 255
-    (target,) = parse_targets(LabelInterface(CONFIG))
-    assert target.controls[1].regions("Dog", mask, 0.5) == []
+    drawn = np.zeros((120, 90), np.uint8)
+    for region in target.controls[0].regions("A", regions_of(_disk(), 0.9), 120, 90):
+        header, payload = region["value"]["imageDataURL"].split(",", 1)
+        assert header == "data:image/png;base64" and region["value"]["bitmasklabels"] == ["A"]
+        drawn |= np.asarray(Image.open(io.BytesIO(base64.b64decode(payload))))
+    assert np.array_equal(drawn, _disk())
 
 
 # ----------------------------------------------------------------------------- interactive context

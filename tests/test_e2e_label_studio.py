@@ -10,10 +10,7 @@ stored. Label Studio itself: tests/label_studio_server.py.
 from __future__ import annotations
 
 import io
-import os
-import shutil
-import subprocess
-import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -22,42 +19,13 @@ import pytest
 import requests
 from PIL import Image
 
-from label_studio_server import TOKEN, free_port as _free_port, wait as _wait
+from label_studio_server import TOKEN, data_manager_scores
 from seediff_core.evaluation import iou
 from seediff_core.scenes import TEST_SEEDS, make_scene, render
 
 SIZE = 256
 SCENES = 6
 LABEL_IOU_FLOOR = 0.6
-
-
-@pytest.fixture(scope="module")
-def pat(label_studio) -> str:
-    response = requests.post(f"{label_studio}/api/token/", headers={"Authorization": f"Token {TOKEN}"}, timeout=30)
-    response.raise_for_status()
-    return response.json()["token"]
-
-
-@pytest.fixture(scope="module")
-def backend(label_studio, pat, tmp_path_factory):
-    home = tmp_path_factory.mktemp("backend")
-    port = _free_port()
-    env = dict(os.environ, LABEL_STUDIO_URL=label_studio, LABEL_STUDIO_API_KEY=pat, MODEL_DIR=str(home / "models"),
-               LOG_LEVEL="INFO", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), HF_HUB_OFFLINE="1")
-    log = home / "backend.log"
-    exe = shutil.which("seediff", path=str(Path(sys.executable).parent)) or "seediff"
-    with open(log, "w") as out:
-        # SEEDIFF_E2E_MODEL only helps debug this harness; the quality floor holds for shapes-world.
-        model = os.environ.get("SEEDIFF_E2E_MODEL", "shapes-world")
-        process = subprocess.Popen([exe, "serve", "--host", "127.0.0.1", "--port", str(port), "--model", model],
-                                   env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait(f"{url}/health", lambda body: body.get("model_state") == "ready", 300, process, log)
-        yield url, log
-    finally:
-        process.terminate()
-        process.wait(30)
 
 
 def _scenes():
@@ -78,6 +46,31 @@ def _png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def test_the_project_version_follows_the_predictions_unless_chosen_by_hand(label_studio):
+    from label_studio_sdk import LabelStudio
+
+    from backend.fetch import TokenProvider
+    from backend.project_version import sync_project_version
+
+    client = LabelStudio(base_url=label_studio, api_key=TOKEN)
+    tokens = TokenProvider(label_studio, TOKEN, 10)
+    config = '<View><Image name="image" value="$image"/><BrushLabels name="l" toName="image"><Label value="a"/></BrushLabels></View>'
+    project = client.projects.create(title="seediff project version", label_config=config)
+    client.projects.import_tasks(id=project.id, request=[{"image": "/static/images/logo.png"}])
+    (task,) = client.tasks.list(project=project.id)
+    # Label Studio accepts a project version only once predictions (or a live backend) carry it.
+    for version in ("seediff-x-1", "seediff-x-2", "seediff-x-3", "my-own-model"):
+        client.predictions.create(task=task.id, result=[], score=0.5, model_version=version)
+    assert sync_project_version(label_studio, tokens, project.id, "seediff-x-1") == "set"  # it had none
+    assert sync_project_version(label_studio, tokens, project.id, "seediff-x-1") == "kept"
+    assert sync_project_version(label_studio, tokens, project.id, "seediff-x-2") == "set"  # an older one of ours
+    client.projects.update(id=project.id, model_version="my-own-model")  # chosen by hand
+    assert sync_project_version(label_studio, tokens, project.id, "seediff-x-3") == "chosen"
+    assert client.projects.get(id=project.id).model_version == "my-own-model"
+    assert sync_project_version(label_studio, tokens, project.id, "seediff-x-3", force=True) == "set"
+    assert client.projects.get(id=project.id).model_version == "seediff-x-3"
+
+
 def _decode(region: dict) -> np.ndarray:
     from label_studio_sdk.converter.brush import decode_rle
 
@@ -91,10 +84,10 @@ def _decode(region: dict) -> np.ndarray:
 
 
 @pytest.mark.parametrize("tag", ["BrushLabels", "PolygonLabels"])
-def test_retrieve_predictions_in_a_real_label_studio(label_studio, backend, tag):
+def test_retrieve_predictions_in_a_real_label_studio(label_studio, ls_backend, tag):
     from label_studio_sdk import LabelStudio
 
-    backend_url, backend_log = backend
+    backend_url, backend_log = ls_backend
     client = LabelStudio(base_url=label_studio, api_key=TOKEN)
     labels = ["circle", "square", "triangle", "star"]
     config = (f'<View><Image name="image" value="$image"/><{tag} name="label" toName="image">'
@@ -108,9 +101,12 @@ def test_retrieve_predictions_in_a_real_label_studio(label_studio, backend, tag)
     assert imported.status_code == 201, imported.text
     ml = client.ml.create(project=project.id, url=backend_url, title="seediff", is_interactive=True)
     assert ml.state == "CO", ml
-    assert ml.model_version and ml.model_version.startswith("seediff-seediff-")
+    assert ml.model_version and ml.model_version.startswith("seediff-shapes-world-")
 
     client.actions.create(id="retrieve_tasks_predictions", project=project.id, selected_items={"all": True, "excluded": []})
+    scores = data_manager_scores(label_studio, project.id, SCENES)
+    # The Data Manager's "Prediction score" column, without a manual step: every scene's task has one.
+    assert sum(score is not None for score in scores.values()) == SCENES, scores
 
     tasks = {Path(t.data["image"]).name.split("-", 1)[-1]: t for t in client.tasks.list(project=project.id)}
     assert len(tasks) == SCENES + 1

@@ -166,9 +166,9 @@ def test_seed_competition_leaves_an_absent_label_empty():
     diffuse = maps.cross[4][:, :1].mean() * (1 + 0.3 * torch.rand(maps.cross[4][:, :1].shape, generator=generator))
     maps.cross[4] = torch.cat([maps.cross[4], diffuse], dim=1)  # the prompt names a third, absent thing
     maps.labels = [*maps.labels, "absent"]
-    loose = get_method("seediff").segment(maps, SeediffConfig(seed_competition=False))
+    loose = get_method("seediff").segment(maps, SeediffConfig(seed_competition=False, label_per_object=False))
     assert loose.masks[2].any()  # without competition the absent label takes something
-    strict = get_method("seediff").segment(maps, SeediffConfig(seed_competition=True))
+    strict = get_method("seediff").segment(maps, SeediffConfig(seed_competition=True, label_per_object=False))
     assert not strict.masks[2].any()
     assert _iou(strict.masks[0].numpy(), truth == 1) >= 0.95 and _iou(strict.masks[1].numpy(), truth == 2) >= 0.95
 
@@ -196,7 +196,7 @@ def test_label_per_object_leaves_an_absent_label_that_claimed_half_an_object_emp
     maps, truth = _hand_built_maps(labels=("disk", "box", "absent"), regions=(1, 2, 1))
     # The absent word looks at the disk too, one cell to the right of where "disk" looks.
     maps.cross[4][:, 2] = torch.roll(maps.cross[4][:, 0], shifts=1, dims=-1)
-    plain = get_method("seediff").segment(maps, SeediffConfig())
+    plain = get_method("seediff").segment(maps, SeediffConfig(label_per_object=False))
     per_object = get_method("seediff").segment(maps, SeediffConfig(label_per_object=True))
     assert (plain.masks[2].numpy() & (truth == 1)).sum() > 100  # per pixel, it takes the disk's right edge
     assert not per_object.masks[2].any()

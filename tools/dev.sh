@@ -17,6 +17,15 @@ if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
   "$venv/bin/python" -m pip install -q -e "$root[backend,test]"
   touch "$stamp"
 fi
+# The browser test drives Debian's Chromium through its chromedriver (the test downloads nothing).
+if [ "${1:-}" = pytest ] && ! { command -v chromium && command -v chromedriver; } >/dev/null; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo -n"
+  echo "seediff: installing Debian's chromium and chromium-driver for the browser test" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 \
+    || { $sudo apt-get update -q >/dev/null 2>&1 && $sudo apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; } \
+    || echo "seediff: could not install them; the browser test will say how" >&2
+fi
 cd "$root"
 export PATH="$venv/bin:$PATH"
 exec "$@"

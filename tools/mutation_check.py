@@ -1,4 +1,4 @@
-"""Delete each security and reliability rule in turn, run the tests, and show which test catches it.
+"""Delete each security, reliability and product rule in turn, run the tests, and show which test catches it.
 
 A rule that no test catches is a promise nobody holds. Usage (from the repository root):
 
@@ -20,6 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 FETCH_TESTS = ["tests/test_backend_fetch.py"]
 AUTH_TESTS = ["tests/test_backend_server.py::test_basic_auth"]
+REGION_TESTS = ("tests/test_regions.py", "tests/test_regions_quality.py")
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,27 @@ MUTATIONS = [
              ("tests/test_backend_errors.py",)),
     Mutation("settings are type-checked", "seediff_core/config.py", "    _check_types(self)\n", "",
              ("tests/test_backend_errors.py",)),
+    # What the annotator sees (regions, clicks, labels per object, scores in the Data Manager).
+    Mutation("a positive click keeps only the object under it", "seediff_core/pipeline.py",
+             "clicked_objects(parts, hint.positive) if hint else parts", "parts", REGION_TESTS),
+    Mutation("clicks steer the expansion at every scale", "seediff_core/methods/seediff.py",
+             "        if clicks.any():  # a click", "        if False:  # a click", REGION_TESTS),
+    Mutation("fragments are dropped", "seediff_core/regions.py",
+             "if stats[index, cv2.CC_STAT_AREA] < min_area:", "if False:", REGION_TESTS),
+    Mutation("slivers are dropped", "seediff_core/regions.py",
+             "if 2 * float(distance[part].max()) - 1 < min_width:", "if False:", REGION_TESTS),
+    Mutation("pinholes are filled", "seediff_core/regions.py",
+             "small[1:] = stats[1:, cv2.CC_STAT_AREA] < min_area", "small[1:] = False", REGION_TESTS),
+    Mutation("outlines are traced on the smoothed object, not the grid's steps", "seediff_core/regions.py",
+             "soft = cv2.GaussianBlur(crop, (0, 0), OUTLINE_SIGMA, borderType=cv2.BORDER_CONSTANT)", "soft = crop",
+             REGION_TESTS),
+    Mutation("each region is scored alone", "seediff_core/pipeline.py",
+             "float(output.score(alone)[k])", "float(scores[k])", REGION_TESTS),
+    Mutation("labels per object", "seediff_core/methods/seediff.py",
+             "        masks = label_objects(masks, share,", "        _ = label_objects(masks, share,", REGION_TESTS),
+    Mutation("the project's model version follows the predictions", "backend/server.py",
+             "            runtime.project_versions.after_predictions(", "            (lambda *a: None)(",
+             ("tests/test_e2e_label_studio.py::test_retrieve_predictions_in_a_real_label_studio",)),
     Mutation("basic auth is required when set", "backend/server.py",
              "        if not ok:\n            response = _error(401", "        if False:\n            response = _error(401",
              tuple(AUTH_TESTS)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
@@ -14,17 +15,24 @@ from ..maps import AttentionMaps
 
 @dataclass
 class MethodOutput:
-    """A method's answer on the working grid (or a grid proportional to it).
+    """A method's answer on the working image's grid (h, w), padding included.
 
     Attributes:
         soft (`torch.Tensor`): (K, h, w) float in [0, 1], each label's confidence map.
         masks (`torch.Tensor`): (K, h, w) bool, disjoint (background where no label holds).
         scores (`torch.Tensor`): (K,) float in [0, 1]; the method's docstring says what they mean.
+        score (`Callable`): scores any (K, h, w) bool masks on the masks' grid the way ``scores``
+            were computed, (K,) float; the pipeline scores each region alone with it, and the labels
+            again once fragments are gone.
     """
 
     soft: torch.Tensor
     masks: torch.Tensor
-    scores: torch.Tensor
+    score: Callable[[torch.Tensor], torch.Tensor]
+
+    @property
+    def scores(self) -> torch.Tensor:
+        return self.score(self.masks)
 
 
 class Method(Protocol):

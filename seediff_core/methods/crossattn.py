@@ -53,4 +53,4 @@ class CrossAttentionBaseline:
         valid = maps.valid(tuple(heat.shape[-2:]))
         masks = torch.stack([(h >= otsu_threshold(h[valid])) & valid for h in heat]) if len(heat) else heat.bool()
         masks = resolve_overlaps(masks, heat)
-        return MethodOutput(soft=heat, masks=masks, scores=contrast_score(heat, masks, valid))
+        return MethodOutput(soft=heat, masks=masks, score=lambda m: contrast_score(heat, m, valid))

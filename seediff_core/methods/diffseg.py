@@ -58,7 +58,7 @@ class DiffSeg:
         votes = label_votes(maps, size)  # (K, H, W) ratios to each label's image mean
         masks = assign_labels(segments, votes, valid, config.diffseg_vote_threshold)
         soft = minmax(votes, valid=valid) * valid
-        return MethodOutput(soft=soft, masks=masks, scores=contrast_score(soft, masks, valid))
+        return MethodOutput(soft=soft, masks=masks, score=lambda m: contrast_score(soft, m, valid))
 
 
 def segment_map(maps: AttentionMaps, config: SeediffConfig) -> torch.Tensor:

@@ -62,7 +62,7 @@ class DiffuMask:
         refined = minmax(pamr(maps.image, heat, config.pamr_iterations, config.pamr_dilations,
                               config.pamr_std_factor), valid=valid) * valid
         masks = argmax_with_background(refined, gamma) & valid
-        return MethodOutput(soft=refined, masks=masks, scores=contrast_score(heat, masks, valid))
+        return MethodOutput(soft=refined, masks=masks, score=lambda m: contrast_score(heat, m, valid))
 
 
 def aggregate_cross(maps: AttentionMaps, size: tuple[int, int]) -> torch.Tensor:

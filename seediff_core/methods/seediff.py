@@ -16,7 +16,7 @@ SD1.5's 16x16 grid and factor 1 its 64x64 one):
 5. Several labels: a pixel claimed by several masks goes to the label whose refined value (then
    expanded attention) is highest there; pixels no label claims are background.
 
-Optional (``label_per_object``, ours): each object (a connected region of the masks' union, split
+``label_per_object`` (ours, on by default): each object (a connected region of the masks' union, split
 where colours differ) goes whole to the label with the largest share of the seed layers'
 cross-attention over it; see ``refine.label_objects``.
 
@@ -170,7 +170,22 @@ def expand(seeds_map: torch.Tensor, maps: AttentionMaps, factors: tuple[int, ...
         attention = maps.require_self(factor)[0]
         similarity = minmax(cosine_affinity_sum(attention, background.flatten(1)).reshape(-1, *grid), valid=valid)
         expanded = minmax(prior * (1 - similarity), valid=valid) * allowed
+        clicks = _click_masks(maps, grid, valid)
+        if clicks.any():  # a click is finer than the first grid's cell: at each scale, keep what resembles it
+            toward = minmax(cosine_affinity_sum(attention, clicks.flatten(1)).reshape(-1, *grid), valid=valid)
+            clicked = clicks.flatten(1).any(dim=1)[:, None, None]
+            expanded = torch.where(clicked, minmax(expanded * toward, valid=valid), expanded)
     return expanded
+
+
+def _click_masks(maps: AttentionMaps, grid: tuple[int, int], valid: torch.Tensor) -> torch.Tensor:
+    """(K, h, w) bool: the cells under each label's positive clicks."""
+    clicks = torch.zeros(len(maps.labels), *grid, dtype=torch.bool)
+    for k, label in enumerate(maps.labels):
+        hint = maps.hints.get(label)
+        if hint and hint.positive:
+            clicks[k] = point_mask(hint.positive, grid) & valid
+    return clicks
 
 
 def _hint_masks(maps: AttentionMaps, grid: tuple[int, int], valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,10 +219,19 @@ def finalize(expanded: torch.Tensor, cross: torch.Tensor, maps: AttentionMaps, c
                           valid=valid)[0]
         masks = label_objects(masks, share, maps.image, config.object_colour_tolerance, strength,
                               config.object_min_attention)
+    kind = config.seediff_score
+    return MethodOutput(soft=refined, masks=masks, score=lambda m: seediff_scores(evidence, share, m, valid, kind))
+
+
+def seediff_scores(evidence: torch.Tensor, share: torch.Tensor | None, masks: torch.Tensor, valid: torch.Tensor,
+                   kind: str) -> torch.Tensor:
+    """(K,) scores of (K, H, W) bool ``masks``: "contrast" of the (K, H, W) expanded attention
+    ``evidence``, the masks' mean ``share`` (K, H, W) of the labels' attention, or their geometric
+    mean ("contrast*share"); 0 for an empty mask."""
     scores = contrast_score(evidence, masks, valid)
-    if share is not None and config.seediff_score != "contrast":
-        inside = (masks & valid).float()
-        mean_share = (share * inside).sum(dim=(-2, -1)) / inside.sum(dim=(-2, -1)).clamp_min(1)
-        scores = mean_share if config.seediff_score == "share" else (scores * mean_share).sqrt()
-        scores = torch.where(inside.flatten(1).any(dim=1), scores, torch.zeros_like(scores))
-    return MethodOutput(soft=refined, masks=masks, scores=scores)
+    if kind == "contrast":
+        return scores
+    inside = (masks & valid).float()
+    mean_share = (share * inside).sum(dim=(-2, -1)) / inside.sum(dim=(-2, -1)).clamp_min(1)
+    scores = mean_share if kind == "share" else (scores * mean_share).sqrt()
+    return torch.where(inside.flatten(1).any(dim=1), scores, torch.zeros_like(scores))

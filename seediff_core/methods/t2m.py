@@ -72,7 +72,7 @@ class T2M:
                        config.pamr_dilations, config.pamr_std_factor)
         winner = stacked.argmax(dim=0)
         masks = (winner[None] == torch.arange(1, count + 1)[:, None, None]) & valid
-        return MethodOutput(soft=scores, masks=masks, scores=contrast_score(scores, masks, valid))
+        return MethodOutput(soft=scores, masks=masks, score=lambda m: contrast_score(scores, m, valid))
 
 
 def cross_layers(available: list[Layer]) -> list[str]:
