@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import time
 from pathlib import Path
 from urllib.parse import quote, unquote

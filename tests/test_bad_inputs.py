@@ -9,7 +9,6 @@ import resource
 import struct
 import time
 import zlib
-from pathlib import Path
 from urllib.parse import unquote
 
 import numpy as np
@@ -20,7 +19,7 @@ from backend.rle import rle_to_mask
 from backend.server import create_app
 from fake_http import FakeHTTPServer
 from seediff_core.scenes import make_scene, render
-from test_backend_server import CONFIG, _predict, _ready, _settings, _url
+from test_backend_server import _predict, _ready, _settings, _url
 
 W, H = 120, 90  # not square, so a wrong orientation shows in the mask's size
 

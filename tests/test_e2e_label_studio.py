@@ -4,13 +4,13 @@ Starts Label Studio on 127.0.0.1 with SQLite in a temporary folder, and the back
 serve``) on the shipped shapes-world model, authenticated with a Personal Access Token. Creates a
 BrushLabels and a PolygonLabels project through label-studio-sdk, imports shapes-world scenes plus
 one broken image, connects the backend, runs "Retrieve predictions", and checks what Label Studio
-stored. Label Studio itself: tests/label_studio_server.py.
+stored and what its Data Manager lists (every task's prediction score, with no manual step). Label
+Studio itself: tests/label_studio_server.py.
 """
 
 from __future__ import annotations
 
 import io
-import time
 from pathlib import Path
 
 import cv2

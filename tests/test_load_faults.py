@@ -14,7 +14,6 @@ import signal
 import sqlite3
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
