@@ -267,8 +267,8 @@ class Segmenter:
                 for part, mask in zip(objects[k], regions_to_original(objects[k], original[k], prepared)):
                     alone = torch.zeros_like(cleaned)
                     alone[k] = part
-                    region = _crop_region(mask, float(output.score(alone)[k]),
-                                          _outline(part, prepared, config.polygon_tolerance))
+                    region = Region.from_mask(mask, float(output.score(alone)[k]),
+                                              _outline(part, prepared, config.polygon_tolerance))
                     if region is not None:
                         regions.append(region)
                 items.append(LabelMask(label, original[k], float(scores[k]) if original[k].any() else 0.0, soft[k],
@@ -415,15 +415,6 @@ def _outline(part: torch.Tensor, prepared: PreparedImage, tolerance: float) -> l
     x, y, cw, ch = prepared.content
     width, height = prepared.original_size
     return outline(part[y : y + ch, x : x + cw].numpy(), (width / cw, height / ch), tolerance)
-
-
-def _crop_region(mask: np.ndarray, score: float, polygons: list[np.ndarray]) -> Region | None:
-    """A Region from its (H, W) bool mask in the original frame; None when no pixel is left."""
-    rows, cols = np.nonzero(mask)
-    if rows.size == 0:
-        return None
-    x0, y0, x1, y1 = int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1
-    return Region((x0, y0, x1, y1), mask[y0:y1, x0:x1].astype(np.uint8) * 255, score, polygons)
 
 
 def _crop_content(maps: torch.Tensor, prepared: PreparedImage) -> np.ndarray:

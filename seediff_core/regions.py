@@ -188,8 +188,6 @@ def regions_of(mask: np.ndarray, score: float, tolerance: float = 0.01) -> list[
     count, components, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=8)
     out = []
     for index in np.argsort(-stats[1:, cv2.CC_STAT_AREA]) + 1:
-        x, y, w, h = (int(v) for v in stats[index, :4])
-        part = components[y : y + h, x : x + w] == index
-        polygons = [p + [x, y] for p in outline(part, (1.0, 1.0), tolerance)]
-        out.append(Region((x, y, x + w, y + h), part.astype(np.uint8) * 255, score, polygons))
+        part = components == index
+        out.append(Region.from_mask(part, score, outline(part, (1.0, 1.0), tolerance)))
     return out

@@ -29,6 +29,16 @@ class Region:
     score: float
     outline: list[np.ndarray] = field(default_factory=list)
 
+    @classmethod
+    def from_mask(cls, mask: np.ndarray, score: float, outline: list[np.ndarray] | None = None) -> "Region | None":
+        """The region of an (H, W) mask in the original frame (nonzero inside), cropped to its
+        bounds; None when the mask is empty."""
+        rows, cols = np.nonzero(mask)
+        if rows.size == 0:
+            return None
+        x0, y0, x1, y1 = int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1
+        return cls((x0, y0, x1, y1), (mask[y0:y1, x0:x1] > 0).astype(np.uint8) * 255, score, list(outline or []))
+
     @property
     def area(self) -> int:
         return int(np.count_nonzero(self.mask))

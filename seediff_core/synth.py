@@ -19,9 +19,10 @@ from PIL import Image
 from .attention import AttentionStore, capture_attention, unet_layers
 from .maps import collect_maps
 from .methods import get_method
-from .pipeline import Segmenter
+from .images import prepare_image
+from .pipeline import Segmenter, _Clock
 from .prompts import build_prompts
-from .results import LabelMask, SegmentationResult
+from .results import SegmentationResult
 
 
 @torch.no_grad()
@@ -105,11 +106,10 @@ class Synthesizer:
         maps = collect_maps([store], prompts, labels + extras, tuple(latents.shape[-2:]), (0.0, 0.0, 1.0, 1.0), rgb)
         maps.extras = extras
         output = method.segment(maps, config)
-        masks = [(m.numpy().astype(np.uint8) * 255) for m in output.masks]
-        items = [LabelMask(label, masks[k], float(output.scores[k]) if masks[k].any() else 0.0,
-                           output.soft[k].float().numpy()) for k, label in enumerate(labels)]
-        result = SegmentationResult(items, image.width, image.height, config.method, model.name, config.to_dict(),
-                                    [prompt.text])
+        # The generated image is its own working grid; its masks take the same region stage as a
+        # segmented photo's (fragments dropped, regions scored, outlines traced).
+        prepared = prepare_image(image, max(image.size), model.size_multiple)
+        result = segmenter._result(prepared, labels, output, config, prompts, {}, _Clock({}, model.device))
         return Sample(image, result, prompt.text, seed)
 
 
