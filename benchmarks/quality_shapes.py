@@ -7,7 +7,11 @@ method. Label variants: the shapes present; the "colour shape" names present; an
 still gets a mask.
 
     python benchmarks/quality_shapes.py [--scenes 200] [--methods seediff crossattn] [--split test|tune]
-                                        [--variants shapes colour-shapes all-shapes] [--flat] [--set NAME=VALUE ...]
+                                        [--variants shapes colour-shapes all-shapes] [--flat] [--touching]
+                                        [--set NAME=VALUE ...]
+
+--touching draws the split's scenes with every object touching or partly covering another
+(``make_scene(seed, touching=True)``): where objects must be told apart from their neighbours.
 
 Prints per method and variant: mIoU (mean over labels of dataset-level IoU), mean per-image IoU,
 per-label IoU, the absent-label false-positive rate, foreground IoU (all masks against all objects,
@@ -36,14 +40,14 @@ from seediff_core.pipeline import Segmenter  # noqa: E402
 from seediff_core.scenes import TEST_SEEDS, TUNE_SEEDS, make_scene, render  # noqa: E402
 
 
-def no_model_baseline(seeds, size: int, variant: str, patterned: bool) -> IoUAccumulator:
+def no_model_baseline(seeds, size: int, variant: str, patterned: bool, touching: bool = False) -> IoUAccumulator:
     """What needs no model at all: saturated pixels (objects are saturated, backgrounds muted), split
     into connected components, each given one of the asked labels at random. A labelled method must
     beat this to be reading anything from the words."""
     rng = np.random.default_rng(0)
     scores = IoUAccumulator()
     for seed in seeds:
-        rendered = render(make_scene(int(seed), patterned=patterned), size)
+        rendered = render(make_scene(int(seed), patterned=patterned, touching=touching), size)
         hsv = cv2.cvtColor(rendered.image, cv2.COLOR_RGB2HSV_FULL)
         saturated = ((hsv[..., 1] >= 0.45 * 255) & (hsv[..., 2] >= 0.35 * 255)).astype(np.uint8)
         count, components = cv2.connectedComponents(cv2.morphologyEx(saturated, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)))
@@ -82,6 +86,7 @@ def main() -> None:
                         help="methods, and 'nomodel' for the baseline that needs no model")
     parser.add_argument("--variants", nargs="+", default=list(LABEL_VARIANTS), choices=LABEL_VARIANTS)
     parser.add_argument("--flat", action="store_true", help="flat-coloured scenes (the harder split) instead of patterned")
+    parser.add_argument("--touching", action="store_true", help="scenes whose every object touches another")
     parser.add_argument("--set", dest="extra", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
@@ -90,7 +95,7 @@ def main() -> None:
     segmenter = Segmenter.from_name(args.model, **settings)
     seeds = list((TEST_SEEDS if args.split == "test" else TUNE_SEEDS)[: args.scenes])
     forward = unet_forward_seconds(segmenter)
-    print(f"model {args.model}: {args.scenes} {args.split} {'flat' if args.flat else 'patterned'} scenes at {args.size}x{args.size}; "
+    print(f"model {args.model}: {args.scenes} {args.split} {'touching ' if args.touching else ''}{'flat' if args.flat else 'patterned'} scenes at {args.size}x{args.size}; "
           f"bare UNet forward {forward * 1000:.1f} ms; settings {json.dumps(segmenter.config.to_dict())}")
     # Warm the latent cache so every method is timed on its own work plus one fresh inversion.
     report = []
@@ -102,9 +107,9 @@ def main() -> None:
             segmenter.latent_cache._items.clear()
             start = time.perf_counter()
             if method == "nomodel":
-                scores = no_model_baseline(seeds, args.size, variant, not args.flat)
+                scores = no_model_baseline(seeds, args.size, variant, not args.flat, args.touching)
             else:
-                scores = evaluate_scenes(segmenter, seeds, args.size, variant, not args.flat, method=method)
+                scores = evaluate_scenes(segmenter, seeds, args.size, variant, not args.flat, args.touching, method=method)
             per_image = (time.perf_counter() - start) / len(seeds)
             labels = " ".join(f"{k}={v:.3f}" for k, v in scores.per_label().items())
             absent = scores.absent_false_positive_rate
@@ -117,7 +122,7 @@ def main() -> None:
     if "diffseg" in args.methods:
         segmenter.latent_cache._items.clear()
         start = time.perf_counter()
-        segments = evaluate_segments(segmenter, seeds, args.size, not args.flat)
+        segments = evaluate_segments(segmenter, seeds, args.size, not args.flat, args.touching)
         per_image = (time.perf_counter() - start) / len(seeds)
         labels = " ".join(f"{k}={v:.3f}" for k, v in segments.per_class().items())
         print(f"{'diffseg':<10} {'unlabelled':<14} {segments.miou:>6.3f} {'(Hungarian, per image)':>24} "
@@ -126,7 +131,8 @@ def main() -> None:
                        "image_iou": float("nan"), "seconds_per_image": per_image,
                        "unet_forward_equivalents": per_image / forward, "per_label": segments.per_class()})
     if args.json:
-        args.json.write_text(json.dumps({"settings": segmenter.config.to_dict(), "rows": report}, indent=2))
+        split = {"split": args.split, "scenes": args.scenes, "flat": args.flat, "touching": args.touching}
+        args.json.write_text(json.dumps({"settings": segmenter.config.to_dict(), **split, "rows": report}, indent=2))
 
 
 if __name__ == "__main__":

@@ -107,17 +107,17 @@ def scene_labels(scene, variant: str) -> list[str]:
 
 
 def evaluate_scenes(segmenter, seeds, size: int = 256, variant: str = "shapes", patterned: bool = True,
-                    **settings) -> IoUAccumulator:
-    """Segment rendered shapes-world scenes (patterned, or flat-coloured) through the real path and
-    accumulate IoU against their exact masks. ``settings`` override the segmenter's config (e.g.
-    ``method="crossattn"``)."""
+                    touching: bool = False, **settings) -> IoUAccumulator:
+    """Segment rendered shapes-world scenes (patterned or flat-coloured; objects mostly apart, or all
+    touching) through the real path and accumulate IoU against their exact masks. ``settings``
+    override the segmenter's config (e.g. ``method="crossattn"``)."""
     from PIL import Image
 
     from .scenes import make_scene, render
 
     scores = IoUAccumulator()
     for seed in seeds:
-        rendered = render(make_scene(int(seed), patterned=patterned), size)
+        rendered = render(make_scene(int(seed), patterned=patterned, touching=touching), size)
         labels = scene_labels(rendered.scene, variant)
         result = segmenter.segment(Image.fromarray(rendered.image), labels, **settings)
         for item in result.masks:
@@ -165,7 +165,8 @@ class HungarianAccumulator:
         return float(np.mean(values)) if values else float("nan")
 
 
-def evaluate_segments(segmenter, seeds, size: int = 256, patterned: bool = True, **settings) -> HungarianAccumulator:
+def evaluate_segments(segmenter, seeds, size: int = 256, patterned: bool = True, touching: bool = False,
+                      **settings) -> HungarianAccumulator:
     """DiffSeg's unlabelled segments of shapes-world scenes, scored by per-image Hungarian matching
     against the classes present (background and each shape)."""
     from PIL import Image
@@ -174,7 +175,7 @@ def evaluate_segments(segmenter, seeds, size: int = 256, patterned: bool = True,
 
     scores = HungarianAccumulator()
     for seed in seeds:
-        rendered = render(make_scene(int(seed), patterned=patterned), size)
+        rendered = render(make_scene(int(seed), patterned=patterned, touching=touching), size)
         result = segmenter.segment_everything(Image.fromarray(rendered.image), **settings)
         truth = {shape: rendered.label_mask(shape) for shape in {o.shape for o in rendered.scene.objects}}
         truth["background"] = ~np.any(np.stack(list(truth.values())), axis=0)

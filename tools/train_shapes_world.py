@@ -4,7 +4,9 @@ Stages, each resumable and each writing under --work (never into git):
   vae     AutoencoderKL (x8, 4 latent channels) on 64x64 crops of 128x128 scenes (it is fully
           convolutional, so crops cost a quarter and transfer to full frames). --init FOLDER starts
           from a model folder's VAE (fine-tuning) instead of from scratch.
-  cache   Encode N training scenes once (posterior mean) so the UNet stage never runs the encoder.
+  cache   Encode N training scenes once (posterior mean) so the UNet stage never runs the encoder,
+          rendered at --size; --touching and --flat give the share of scenes drawn with touching
+          objects and flat colours (each scene's kind is stored with its latent, for its caption).
   unet    UNet2DConditionModel trained on the denoising loss only, with 10 % caption dropout for
           classifier-free guidance and an EMA copy. No attention or mask supervision of any kind:
           the attention that seediff reads must emerge on its own.
@@ -13,7 +15,10 @@ Stages, each resumable and each writing under --work (never into git):
           Stable Diffusion keeps CLIP frozen: every word keeps a vector of its own. Trained jointly,
           a 3-layer encoder collapsed (every output vector of a caption at cosine 0.99 to the
           others), so no word could bind to a place. --init FOLDER starts the UNet from a model
-          folder's UNet, with the cross-attention keys and values (which read the text) fresh.
+          folder's UNet; its cross-attention keys and values (which read the text) are kept only if
+          that folder's text encoder is this one, else they start fresh. The latent grid comes from
+          the cache, so a model trained at 128 px can continue at 256 px (its convolutions and
+          attention are resolution-free).
   export  Write the EMA weights with save_pretrained (fp16) to --out, e.g. seediff_core/weights/shapes-world.
 
 Usage (the shipped model's recipe; see its README for steps and times):
@@ -46,8 +51,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from seediff_core.building import write_word_tokenizer  # noqa: E402
 from seediff_core.scenes import caption_for, caption_words, make_scene, render  # noqa: E402
 
-IMAGE_SIZE = 128
-LATENT_SIZE = 16
+IMAGE_SIZE = 128  # v1 and v2; v3 renders at 256 (--size): a 32x32 latent, attention at 32/16/8
+VAE_FACTOR = 8
 TEXT_DIM = 128
 MAX_TOKENS = 77
 CAPTION_DROPOUT = 0.1
@@ -57,7 +62,7 @@ VAE_SEED_OFFSET = 5_000_000  # VAE crops come from a different part of the train
 # ----------------------------------------------------------------------------- components
 
 
-def vae_config() -> dict:
+def vae_config(image_size: int = IMAGE_SIZE) -> dict:
     return dict(
         in_channels=3,
         out_channels=3,
@@ -67,14 +72,15 @@ def vae_config() -> dict:
         layers_per_block=1,
         latent_channels=4,
         norm_num_groups=16,
-        sample_size=IMAGE_SIZE,
+        sample_size=image_size,
     )
 
 
-def unet_config() -> dict:
-    # SD1.5's topology scaled down: attention at 16/8/4 and the mid block at 2, like SD's 64/32/16/8.
+def unet_config(latent_size: int = IMAGE_SIZE // VAE_FACTOR) -> dict:
+    # SD1.5's topology scaled down: four levels with attention in the first three, like SD's 64/32/16/8
+    # (at 256 px: 32/16/8 and the mid block at 4).
     return dict(
-        sample_size=LATENT_SIZE,
+        sample_size=latent_size,
         in_channels=4,
         out_channels=4,
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
@@ -164,7 +170,7 @@ def train_vae(args) -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    vae = AutoencoderKL(**vae_config())
+    vae = AutoencoderKL(**vae_config(args.size))
     opt = torch.optim.Adam(vae.parameters(), lr=args.lr)
     ckpt = work / "vae.ckpt"
     step = 0
@@ -183,8 +189,8 @@ def train_vae(args) -> None:
     while time.time() < deadline and step < args.steps:
         crops = []
         for _ in range(args.batch):
-            image = render(make_scene(VAE_SEED_OFFSET + int(rng.integers(1_000_000))), IMAGE_SIZE).image
-            y, x = rng.integers(0, IMAGE_SIZE - args.crop + 1, size=2)
+            image = render(make_scene(VAE_SEED_OFFSET + int(rng.integers(1_000_000))), args.size).image
+            y, x = rng.integers(0, args.size - args.crop + 1, size=2)
             crops.append(image[y : y + args.crop, x : x + args.crop])
         x = to_tensor(crops)
         posterior = vae.encode(x).latent_dist
@@ -207,11 +213,11 @@ def train_vae(args) -> None:
     save_atomic({"vae": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
     vae.eval()
     with torch.no_grad():
-        test = [render(make_scene(s), IMAGE_SIZE).image for s in range(9_000_000, 9_000_032)]
+        test = [render(make_scene(s, touching=s % 2 == 1), args.size).image for s in range(9_000_000, 9_000_032)]
         x = to_tensor(test)
         recon = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
         mse = F.mse_loss((recon + 1) / 2, (x + 1) / 2).item()
-    log(work, f"vae done at step {step}: full-frame PSNR {10 * math.log10(1 / mse):.2f} dB")
+    log(work, f"vae done at step {step}: full-frame PSNR at {args.size} px {10 * math.log10(1 / mse):.2f} dB")
 
 
 # ----------------------------------------------------------------------------- stage: cache
@@ -221,22 +227,24 @@ def build_cache(args) -> None:
     from diffusers import AutoencoderKL
 
     work = Path(args.work)
-    vae = AutoencoderKL(**vae_config())
+    vae = AutoencoderKL(**vae_config(args.size))
     vae.load_state_dict(torch.load(work / "vae.ckpt", weights_only=False)["vae"])
     vae.eval()
     rank, world = _dist_rank_world()
     part = work / f"cache_part{rank}.pt"
     seeds = [s for s in range(args.scenes) if s % world == rank]
-    done = torch.load(part, weights_only=False) if part.exists() else {"seeds": [], "latents": []}
+    done = torch.load(part, weights_only=False) if part.exists() else {"seeds": [], "latents": [], "kinds": []}
     todo = seeds[len(done["seeds"]) :]
-    log(work, f"cache rank {rank}: {len(done['seeds'])} done, {len(todo)} to encode")
+    log(work, f"cache rank {rank}: {len(done['seeds'])} done, {len(todo)} to encode at {args.size} px")
     last_save = time.time()
     with torch.no_grad():
         for i in range(0, len(todo), 64):
             chunk = todo[i : i + 64]
-            x = to_tensor([render(make_scene(s), IMAGE_SIZE).image for s in chunk])
+            kinds = [scene_kind(s, args.touching, args.flat) for s in chunk]
+            x = to_tensor([render(make_scene(s, **kind), args.size).image for s, kind in zip(chunk, kinds)])
             done["latents"].append(vae.encode(x).latent_dist.mean.half())
             done["seeds"].extend(chunk)
+            done["kinds"].extend(kinds)
             if time.time() - last_save > 300:
                 save_atomic(done, part)
                 last_save = time.time()
@@ -246,10 +254,23 @@ def build_cache(args) -> None:
     if rank == 0:
         parts = [torch.load(work / f"cache_part{r}.pt", weights_only=False) for r in range(world)]
         seeds_all = torch.tensor([s for p in parts for s in p["seeds"]])
+        kinds = [k for p in parts for k in p["kinds"]]
         latents = torch.cat([torch.cat(p["latents"]) for p in parts])
         std = latents.float().std().item()
-        save_atomic({"seeds": seeds_all, "latents": latents, "scaling_factor": 1.0 / std}, work / "latents.pt")
-        log(work, f"cache: {len(seeds_all)} latents, std {std:.4f}, scaling_factor {1 / std:.5f}")
+        save_atomic({"seeds": seeds_all, "kinds": kinds, "latents": latents, "scaling_factor": 1.0 / std,
+                     "size": args.size}, work / "latents.pt")
+        touching = sum(k["touching"] for k in kinds) / len(kinds)
+        flat = sum(not k["patterned"] for k in kinds) / len(kinds)
+        log(work, f"cache: {len(seeds_all)} latents at {args.size} px ({touching:.0%} touching, {flat:.0%} flat), "
+                  f"std {std:.4f}, scaling_factor {1 / std:.5f}")
+
+
+def scene_kind(seed: int, touching: float, flat: float) -> dict:
+    """``make_scene`` options of training scene ``seed``: touching objects for a ``touching`` share
+    of the seeds and flat colours for a ``flat`` share, each decided by the seed alone (stable across
+    ranks and resumes, and independent of each other)."""
+    draw = np.random.default_rng([seed, 0xC0DE]).random(2)
+    return {"touching": bool(draw[0] < touching), "patterned": bool(draw[1] >= flat)}
 
 
 # ----------------------------------------------------------------------------- stage: unet
@@ -282,21 +303,28 @@ def _dist_barrier() -> None:
         torch.distributed.barrier()
 
 
-def build_unet_and_text(work: Path, init: str | None = None):
+def build_unet_and_text(work: Path, init: str | None = None, latent_size: int | None = None):
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     write_tokenizer(work / "tokenizer")
     tokenizer = load_tokenizer(work / "tokenizer")
+    if latent_size is None:
+        latent_size = torch.load(work / "latents.pt", weights_only=False)["size"] // VAE_FACTOR
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(**unet_config())
+    unet = UNet2DConditionModel(**unet_config(latent_size))
     text_encoder = CLIPTextModel(CLIPTextConfig(**text_encoder_config(len(tokenizer))))
     if init:
-        # The old keys and values were learnt on another text encoder's vectors: start them fresh.
         old = UNet2DConditionModel.from_pretrained(Path(init) / "unet").float().state_dict()
         fresh = unet.state_dict()
-        keep = {k: v for k, v in old.items() if not any(p in k for p in ("attn2.to_k", "attn2.to_v"))}
+        old_text = CLIPTextModel.from_pretrained(Path(init) / "text_encoder").float().state_dict()
+        same_text = all(torch.allclose(old_text[k].float(), v.float(), atol=1e-3)
+                        for k, v in text_encoder.state_dict().items() if k in old_text)
+        # Keys and values learnt on another text encoder's vectors would read noise: start them fresh.
+        keep = old if same_text else {k: v for k, v in old.items() if not any(p in k for p in ("attn2.to_k", "attn2.to_v"))}
         unet.load_state_dict({**fresh, **keep})
+        log(work, f"unet: starting from {init} ({'same' if same_text else 'another'} text encoder: "
+                  f"cross-attention keys and values {'kept' if same_text else 'fresh'})")
     return tokenizer, TextToLatent(unet, text_encoder)
 
 
@@ -307,7 +335,9 @@ def train_unet(args) -> None:
     rank, world = _dist_rank_world()
     cache = torch.load(work / "latents.pt", weights_only=False)
     latents, seeds, scaling = cache["latents"], cache["seeds"], cache["scaling_factor"]
-    tokenizer, model = build_unet_and_text(work, args.init)
+    kinds = cache.get("kinds") or [{"touching": False, "patterned": True}] * len(seeds)  # v2 caches
+    tokenizer, model = build_unet_and_text(work, args.init if not (work / "unet.ckpt").exists() else None,
+                                           latents.shape[-1])
     ema = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
     opt = torch.optim.AdamW(model.unet.parameters(), lr=args.lr, weight_decay=0.01)
     step = 0
@@ -332,8 +362,9 @@ def train_unet(args) -> None:
     deadline = time.time() + args.minutes * 60
     last_save, last_export, losses, t0 = time.time(), time.time(), [], time.time()
     while step < args.steps:
-        # Every rank must stop at the same step, so rank 0 decides and broadcasts.
-        stop = torch.tensor([float(time.time() >= deadline)])
+        # Every rank must stop at the same step, so rank 0 decides and broadcasts. A file named STOP
+        # in --work ends the run early, as the deadline does (checkpoint, export, probe).
+        stop = torch.tensor([float(time.time() >= deadline or (work / "STOP").exists())])
         if world > 1:
             torch.distributed.broadcast(stop, 0)
         if stop.item():
@@ -341,7 +372,7 @@ def train_unet(args) -> None:
         idx = torch.from_numpy(rng.integers(0, len(seeds), size=per_rank))
         x0 = latents[idx].float() * scaling
         captions = [
-            "" if rng.random() < CAPTION_DROPOUT else caption_for(make_scene(int(seeds[i])), rng) for i in idx
+            "" if rng.random() < CAPTION_DROPOUT else caption_for(make_scene(int(seeds[i]), **kinds[i]), rng) for i in idx
         ]
         ids = tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt")
         t = torch.randint(0, 1000, (per_rank,), generator=gen)
@@ -388,21 +419,29 @@ def train_unet(args) -> None:
 
 
 def probe_binding(work: Path, args, wait: bool = False) -> None:
-    """Run benchmarks/binding.py on the fresh export in the background (one thread), appending to
-    work/binding.jsonl and redrawing work/binding.png, so every export leaves its binding rates."""
+    """Run benchmarks/binding.py and benchmarks/touching_probe.py on the fresh export in the
+    background (one thread, one after the other), appending to work/binding.jsonl and
+    work/probe.jsonl and redrawing work/binding.png and work/probe.png, so every export leaves its
+    binding rates and its touching-objects probe."""
     if not args.probe:
         return
+    import shlex
     import subprocess
 
     export_copy = work / "probed"
     shutil.rmtree(export_copy, ignore_errors=True)
     shutil.copytree(work / "export", export_copy)  # the next export may replace the folder mid-probe
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "binding.py"
-    command = [sys.executable, str(script), "--model", str(export_copy), "--threads", "1", "--scenes", str(args.probe),
-               "--seed-grid", "8", "--history", str(work / "binding.jsonl"), "--curve", str(work / "binding.png"),
-               "--log", str(work / "train.log"), "--timesteps", "50", "200"]
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    seed_grid = torch.load(work / "latents.pt", weights_only=False)["size"] // VAE_FACTOR // 2  # SeeDiff's seed_factor 2
+    binding = [sys.executable, str(benchmarks / "binding.py"), "--model", str(export_copy), "--threads", "1",
+               "--scenes", str(args.probe), "--seed-grid", str(seed_grid), "--history", str(work / "binding.jsonl"),
+               "--curve", str(work / "binding.png"), "--log", str(work / "train.log"), "--timesteps", "50", "200"]
+    touching = [sys.executable, str(benchmarks / "touching_probe.py"), "--model", str(export_copy), "--threads", "1",
+                "--scenes", str(max(1, args.probe // 6)), "--timesteps", "50", "200",
+                "--history", str(work / "probe.jsonl"), "--curve", str(work / "probe.png")]
     with open(work / "binding.out", "a") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(["bash", "-c", f"{shlex.join(binding)}; {shlex.join(touching)}"],
+                                   stdout=out, stderr=subprocess.STDOUT)
     if wait:
         process.wait()
 
@@ -419,7 +458,8 @@ def export(work: Path, out: Path, ema: dict | None = None, step: int | None = No
         state = torch.load(work / "unet.ckpt", weights_only=False)
         ema, step = state["ema"], state["step"]
     model.load_state_dict(ema)
-    vae = AutoencoderKL(**vae_config(), scaling_factor=torch.load(work / "latents.pt", weights_only=False)["scaling_factor"])
+    cache = torch.load(work / "latents.pt", weights_only=False)
+    vae = AutoencoderKL(**vae_config(cache.get("size", IMAGE_SIZE)), scaling_factor=cache["scaling_factor"])
     vae.load_state_dict(torch.load(work / "vae.ckpt", weights_only=False)["vae"])
     pipe = StableDiffusionPipeline(
         vae=vae.half(),
@@ -455,6 +495,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--crop", type=int, default=64)
     parser.add_argument("--scenes", type=int, default=50_000)
+    parser.add_argument("--size", type=int, default=IMAGE_SIZE, help="image side the scenes are rendered at")
+    parser.add_argument("--touching", type=float, default=0.0, help="cache: share of scenes whose objects touch")
+    parser.add_argument("--flat", type=float, default=0.0, help="cache: share of flat-coloured scenes")
     parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument("--export-minutes", type=float, default=30)
     parser.add_argument("--threads", type=int, default=1)

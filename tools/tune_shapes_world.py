@@ -2,7 +2,9 @@
 
 Coordinate search: each setting in turn tries its candidate values with the others fixed, keeping the
 best mean of mIoU over the three label variants ("shapes", "colour-shapes", and "all-shapes", where
-masks given to absent shapes count against them); repeated for --rounds rounds.
+masks given to absent shapes count against them) and over the tune splits: the default scenes (objects
+mostly apart) and, unless --apart-only, as many touching scenes (every object touching another);
+repeated for --rounds rounds.
 With --write, the winning settings that differ from the method's own defaults go into the method's
 section of ``<model folder>/seediff.json`` (``{"seediff": {...}, "t2m": {...}}``); other sections stay.
 
@@ -70,10 +72,12 @@ def expand(name: str, value) -> dict:
     return {name: value}
 
 
-def score(segmenter: Segmenter, seeds, settings: dict, size: int, variants=LABEL_VARIANTS) -> float:
-    """Mean mIoU over the label variants; in "all-shapes" the absent shapes' masks count against
-    them, so settings that label what is not there lose."""
-    values = [evaluate_scenes(segmenter, seeds, size, variant, **settings).miou for variant in variants]
+def score(segmenter: Segmenter, seeds, settings: dict, size: int, variants=LABEL_VARIANTS,
+          splits: tuple[bool, ...] = (False, True)) -> float:
+    """Mean mIoU over the label variants and the splits (``touching`` False/True); in "all-shapes"
+    the absent shapes' masks count against them, so settings that label what is not there lose."""
+    values = [evaluate_scenes(segmenter, seeds, size, variant, touching=touching, **settings).miou
+              for touching in splits for variant in variants]
     return sum(values) / len(values)
 
 
@@ -89,15 +93,17 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(LABEL_VARIANTS), choices=LABEL_VARIANTS,
                         help="label variants whose mean mIoU is maximised")
     parser.add_argument("--only", nargs="+", default=None, help="search only these settings")
+    parser.add_argument("--apart-only", action="store_true", help="tune on the default scenes only, not the touching ones")
     parser.add_argument("--write", action="store_true", help="write the result to the model's seediff.json")
     args = parser.parse_args()
 
     segmenter = Segmenter.from_name(args.model)
-    segmenter.latent_cache.size = 4 * args.scenes  # every scene's latents at every timestep tried stay cached
+    splits = (False,) if args.apart_only else (False, True)
+    segmenter.latent_cache.size = 4 * args.scenes * len(splits)  # every scene's latents at every timestep tried stay cached
     seeds = list(TUNE_SEEDS[: args.scenes])
     best: dict = {"method": args.method}
     best.update(parse_assignments(args.extra))
-    best_score = score(segmenter, seeds, best, args.size, args.variants)
+    best_score = score(segmenter, seeds, best, args.size, args.variants, splits)
     print(f"start {best_score:.4f} with the model's current settings", flush=True)
     for round_index in range(args.rounds):
         for name, values in SEARCH[args.method].items():
@@ -109,7 +115,7 @@ def main() -> None:
                     continue
                 start = time.perf_counter()
                 try:
-                    value_score = score(segmenter, seeds, trial, args.size, args.variants)
+                    value_score = score(segmenter, seeds, trial, args.size, args.variants, splits)
                 except ValueError as exc:  # e.g. layers this model lacks at that factor
                     print(f"round {round_index + 1} {name}={value}: not applicable ({exc})", flush=True)
                     continue
