@@ -156,7 +156,9 @@ def draw_curve(history: Path, out: Path) -> None:
         ax.plot(steps, [r["summary"][kind]["segments_best_iou"] for r in records], "o" + style, color="tab:blue",
                 label=f"segments' best IoU ({kind})")
         ax.plot(steps, [r["summary"][kind]["own_label_share"] for r in records], "s" + style, color="tab:green",
-                label=f"own-label share ({kind})")
+                label=f"own-label share, SeeDiff ({kind})")
+        ax.plot(steps, [r["summary"][kind]["best_layer_share"] for r in records], "^" + style, color="tab:purple",
+                label=f"own-label share, best layer ({kind})")
     ax.axhline(0.8, color="grey", lw=0.8, ls=":")
     ax.axhline(0.25, color="grey", lw=0.8, ls=":")
     ax.set_ylim(0.0, 1.0)

@@ -34,7 +34,7 @@ def _polygon_mask(region: dict, height: int, width: int) -> np.ndarray:
 
 def _render(seed: int, size: int):
     """A held-out scene at ``size`` px: rendered at 256 and enlarged (rendering supersamples, which
-    at 1024 px costs seconds a scene; the model sees 128 px either way)."""
+    at 1024 px costs seconds a scene; the model sees its own grid either way)."""
     rendered = render(make_scene(seed), 256)
     if size != 256:
         enlarge = lambda a, how: cv2.resize(a, (size, size), interpolation=how)  # noqa: E731
@@ -128,9 +128,9 @@ def test_no_region_is_a_fragment_or_a_sliver(segmenter):
             for region in item.regions:
                 assert region.area >= config.min_region_area * 256 * 256 * 0.8, (seed, item.label, region.box)
                 distance = cv2.distanceTransform(np.pad(region.mask, 1), cv2.DIST_L2, 5)
-                pixels_per_cell = 256 / 128  # the model's grid is 128 wide
-                widest_cells = 2 * distance.max() / pixels_per_cell
-                assert widest_cells >= config.min_region_width * 128 - 1, (seed, item.label, region.box)
+                grid = segmenter.model.native_size  # the model's working grid, in cells across
+                widest_cells = 2 * distance.max() / (256 / grid)
+                assert widest_cells >= config.min_region_width * grid - 1, (seed, item.label, region.box)
 
 
 @pytest.mark.timeout(300)

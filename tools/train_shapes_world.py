@@ -431,6 +431,10 @@ def probe_binding(work: Path, args, wait: bool = False) -> None:
     export_copy = work / "probed"
     shutil.rmtree(export_copy, ignore_errors=True)
     shutil.copytree(work / "export", export_copy)  # the next export may replace the folder mid-probe
+    if args.init and (Path(args.init) / "seediff.json").is_file():
+        # The methods' settings tuned for the model this run started from: without them the probe
+        # would measure the library's Stable Diffusion defaults on a model they do not suit.
+        shutil.copy(Path(args.init) / "seediff.json", export_copy / "seediff.json")
     benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
     seed_grid = torch.load(work / "latents.pt", weights_only=False)["size"] // VAE_FACTOR // 2  # SeeDiff's seed_factor 2
     binding = [sys.executable, str(benchmarks / "binding.py"), "--model", str(export_copy), "--threads", "1",

@@ -35,6 +35,7 @@ SEARCH = {
         "seed_layers": [("down", "mid", "up"), ("up",), ("up_blocks.2.attentions.1",), ("up_blocks.3",)],
         "label_per_object": [False, True],
         "object_colour_tolerance": [0.1, 0.15, 0.25],
+        "object_min_attention": [0.0, 0.15, 0.25, 0.35],
         "seed_competition": [False, True],
         "seed_competition_ratio": [1.5, 2.0, 3.0],
         "expansion_threshold": [0.2, 0.3, 0.4, 0.5],
