@@ -229,6 +229,22 @@ def draw_curve(history: Path, log: Path | None, out: Path) -> None:
     print(f"wrote {out}")
 
 
+def save_record(model: DiffusionModel, result: dict, record: dict, json_path: Path | None,
+                history: Path | None) -> dict:
+    """Print a probe's ``record`` with the model's training step and source, write the full
+    ``result`` to ``json_path`` and append the record to the JSON-lines ``history`` (if given)."""
+    step_file = model.folder / "training_step.txt" if model.folder else None
+    step = int(step_file.read_text()) if step_file and step_file.is_file() else None
+    record = {"step": step, **record, "model": str(model.source)}
+    print(json.dumps(record))
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=1))
+    if history:
+        with open(history, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+    return record
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="shapes-world")
@@ -248,15 +264,7 @@ def main() -> None:
     model = load_model(args.model, "cpu", "float32")
     result = probe(model, args.scenes, args.timesteps, args.split, patterned=not args.flat)
     print_report(result)
-    step_file = model.folder / "training_step.txt" if model.folder else None
-    step = int(step_file.read_text()) if step_file and step_file.is_file() else None
-    record = {"step": step, "summary": summary(result, args.seed_grid), "model": str(model.source)}
-    print(json.dumps(record))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
-    if args.history:
-        with open(args.history, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+    save_record(model, result, {"summary": summary(result, args.seed_grid)}, args.json, args.history)
     if args.curve:
         draw_curve(args.history, args.log, args.curve)
 

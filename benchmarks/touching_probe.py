@@ -38,7 +38,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.binding import cross_attention  # noqa: E402
+from benchmarks.binding import cross_attention, save_record  # noqa: E402
 from seediff_core.attention import CROSS  # noqa: E402
 from seediff_core.config import parse_assignments  # noqa: E402
 from seediff_core.evaluation import iou  # noqa: E402
@@ -189,17 +189,8 @@ def main() -> None:
     segmenter = Segmenter.from_name(args.model, device="cpu", dtype="float32", **parse_assignments(args.extra))
     result = probe(segmenter, args.scenes, args.split, args.timesteps)
     print_report(result)
-    folder = segmenter.model.folder
-    step_file = folder / "training_step.txt" if folder else None
-    step = int(step_file.read_text()) if step_file and step_file.is_file() else None
-    record = {"step": step, "summary": summary(result), "model": str(segmenter.model.source),
-              "seconds": round(time.perf_counter() - start, 1)}
-    print(json.dumps(record))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
-    if args.history:
-        with open(args.history, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+    save_record(segmenter.model, result, {"summary": summary(result), "seconds": round(time.perf_counter() - start, 1)},
+                args.json, args.history)
     if args.curve:
         draw_curve(args.history, args.curve)
 

@@ -35,6 +35,7 @@ slows down many times over.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shutil
@@ -303,14 +304,12 @@ def _dist_barrier() -> None:
         torch.distributed.barrier()
 
 
-def build_unet_and_text(work: Path, init: str | None = None, latent_size: int | None = None):
+def build_unet_and_text(work: Path, init: str | None = None, latent_size: int = IMAGE_SIZE // VAE_FACTOR):
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     write_tokenizer(work / "tokenizer")
     tokenizer = load_tokenizer(work / "tokenizer")
-    if latent_size is None:
-        latent_size = torch.load(work / "latents.pt", weights_only=False)["size"] // VAE_FACTOR
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**unet_config(latent_size))
     text_encoder = CLIPTextModel(CLIPTextConfig(**text_encoder_config(len(tokenizer))))
@@ -436,7 +435,7 @@ def probe_binding(work: Path, args, wait: bool = False) -> None:
         # would measure the library's Stable Diffusion defaults on a model they do not suit.
         shutil.copy(Path(args.init) / "seediff.json", export_copy / "seediff.json")
     benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
-    seed_grid = torch.load(work / "latents.pt", weights_only=False)["size"] // VAE_FACTOR // 2  # SeeDiff's seed_factor 2
+    seed_grid = json.loads((export_copy / "unet" / "config.json").read_text())["sample_size"] // 2  # seed_factor 2
     binding = [sys.executable, str(benchmarks / "binding.py"), "--model", str(export_copy), "--threads", "1",
                "--scenes", str(args.probe), "--seed-grid", str(seed_grid), "--history", str(work / "binding.jsonl"),
                "--curve", str(work / "binding.png"), "--log", str(work / "train.log"), "--timesteps", "50", "200"]
@@ -457,13 +456,14 @@ def export(work: Path, out: Path, ema: dict | None = None, step: int | None = No
     """Write a diffusers StableDiffusionPipeline folder (fp16 weights) from the EMA weights."""
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
 
-    tokenizer, model = build_unet_and_text(work)
+    cache = torch.load(work / "latents.pt", weights_only=False)
+    size = cache.get("size", IMAGE_SIZE)  # caches before v3 were all 128 px
+    tokenizer, model = build_unet_and_text(work, latent_size=size // VAE_FACTOR)
     if ema is None:
         state = torch.load(work / "unet.ckpt", weights_only=False)
         ema, step = state["ema"], state["step"]
     model.load_state_dict(ema)
-    cache = torch.load(work / "latents.pt", weights_only=False)
-    vae = AutoencoderKL(**vae_config(cache.get("size", IMAGE_SIZE)), scaling_factor=cache["scaling_factor"])
+    vae = AutoencoderKL(**vae_config(size), scaling_factor=cache["scaling_factor"])
     vae.load_state_dict(torch.load(work / "vae.ckpt", weights_only=False)["vae"])
     pipe = StableDiffusionPipeline(
         vae=vae.half(),
