@@ -7,9 +7,10 @@
 
 from .config import SeediffConfig
 from .images import ImageError
+from .limits import CostLimitError
 from .models import ModelNotFoundError, load_model
-from .pipeline import Segmenter
+from .pipeline import Cancelled, Segmenter
 from .results import LabelMask, SegmentationResult
 
-__all__ = ["ImageError", "LabelMask", "ModelNotFoundError", "SeediffConfig", "SegmentationResult", "Segmenter", "load_model"]
+__all__ = ["Cancelled", "CostLimitError", "ImageError", "LabelMask", "ModelNotFoundError", "SeediffConfig", "SegmentationResult", "Segmenter", "load_model"]
 __version__ = "0.1.0"

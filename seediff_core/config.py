@@ -222,26 +222,16 @@ def _check_types(config: SeediffConfig) -> None:
 
 
 def _validate(config: SeediffConfig) -> None:
+    from .limits import check_ranges
+
     if config.noise_mode not in NOISE_MODES:
         raise ValueError(f"noise_mode={config.noise_mode!r}; expected one of {NOISE_MODES}")
-    if not 0 <= config.timestep < 1000:
-        raise ValueError(f"timestep={config.timestep} is outside 0..999")
-    if config.noise_draws < 1:
-        raise ValueError(f"noise_draws={config.noise_draws}; need at least 1")
+    # Every setting that scales cost (or must be a fraction) within its documented range (limits.py).
+    check_ranges({f.name: getattr(config, f.name) for f in dataclasses.fields(config)})
     if config.seediff_score not in ("contrast", "share", "contrast*share"):
         raise ValueError(f"seediff_score={config.seediff_score!r}; expected 'contrast', 'share' or 'contrast*share'")
-    if config.batch_size < 1:
-        raise ValueError(f"batch_size={config.batch_size}; need at least 1")
-    if config.inversion_steps < 1:
-        raise ValueError(f"inversion_steps={config.inversion_steps}; need at least 1")
     if "{labels}" not in config.prompt_template:
         raise ValueError(f"prompt_template {config.prompt_template!r} must contain '{{labels}}'")
-    for name in ("min_region_area", "min_region_width", "polygon_tolerance"):
-        if not 0.0 <= getattr(config, name) < 1.0:
-            raise ValueError(f"{name}={getattr(config, name)} must be a fraction within 0..1 (0 turns it off)")
-    for name in ("expansion_threshold", "final_threshold"):
-        if not 0.0 <= getattr(config, name) <= 1.0:
-            raise ValueError(f"{name}={getattr(config, name)} must be within 0..1")
     factors = (config.seed_factor, *config.expansion_factors)
     if any(f < 1 or f & (f - 1) for f in factors):
         raise ValueError(f"map factors must be powers of two >= 1, got seed {config.seed_factor}, "
@@ -253,5 +243,3 @@ def _validate(config: SeediffConfig) -> None:
         raise ValueError(f"expansion_factors={config.expansion_factors} must go coarse to fine, e.g. (4, 2, 1)")
     if not config.diffseg_kl_thresholds or config.diffseg_anchors < 2:
         raise ValueError("diffseg_kl_thresholds needs at least one value and diffseg_anchors at least 2")
-    if config.working_size is not None and config.working_size < 64:
-        raise ValueError(f"working_size={config.working_size} is too small; use at least 64")

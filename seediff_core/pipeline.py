@@ -16,9 +16,10 @@ image through every stage:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from .config import SeediffConfig, make_config
 from .hints import Hints
 from .images import PreparedImage, load_image, prepare_image, to_original
 from .latents import LatentCache, add_noise, ddim_invert, encode_image
+from .limits import Cost, check_cost, check_labels, estimate_cost
 from .maps import AttentionMaps, collect_maps
 from .methods import get_method, method_defaults
 from .methods.base import MethodOutput
@@ -43,6 +45,10 @@ from .results import LabelMask, Region, SegmentationResult
 
 ImageInput = str | Path | bytes | Image.Image
 TEXT_CACHE_SIZE = 256
+
+
+class Cancelled(RuntimeError):
+    """The caller's ``should_stop`` asked to stop; raised before the next UNet call."""
 
 
 def resolve_config(model: str, model_dir: Path | None, settings: Mapping[str, Any]) -> SeediffConfig:
@@ -92,6 +98,7 @@ class Segmenter:
         *,
         hints: Mapping[str, Hints] | None = None,
         words: Mapping[str, Sequence[str]] | None = None,
+        should_stop: Callable[[], bool] | None = None,
         **settings: Any,
     ) -> SegmentationResult:
         """One mask per label for ``image``.
@@ -103,17 +110,22 @@ class Segmenter:
             hints (`Mapping[str, Hints]`, *optional*): annotator clicks and boxes per label, in
                 fractions of the original image.
             words (`Mapping[str, Sequence[str]]`, *optional*): prompt words per label.
+            should_stop (`Callable[[], bool]`, *optional*): asked before every UNet call; True stops
+                the run with ``Cancelled`` (a server's deadline or shutdown).
             **settings: per-call overrides of ``SeediffConfig`` fields (e.g. ``timestep=300``).
 
         Raises:
             ImageError: the image cannot be read.
             ValueError: bad labels or settings.
+            CostLimitError: the image would cost more than the limits allow (``limits.py``).
+            Cancelled: ``should_stop`` said so.
         """
         config = self.config_for(**settings)
         timings: dict[str, float] = {}
         clock = _Clock(timings, self.model.device)
         prepared = self._prepare(image, config, clock)
-        return self._segment_prepared([prepared], labels, [hints], words, config, [timings], clock)[0]
+        with self._stoppable(should_stop):
+            return self._segment_prepared([prepared], labels, [hints], words, config, [timings], clock)[0]
 
     def segment_batch(
         self,
@@ -121,6 +133,7 @@ class Segmenter:
         labels: Sequence[str],
         *,
         words: Mapping[str, Sequence[str]] | None = None,
+        should_stop: Callable[[], bool] | None = None,
         **settings: Any,
     ) -> list[SegmentationResult]:
         """``segment`` for several images with the same labels, in as few UNet passes as their
@@ -147,13 +160,14 @@ class Segmenter:
         for index, item in enumerate(prepared):
             groups.setdefault(item.size, []).append(index)
         results: list[SegmentationResult | None] = [None] * len(images)
-        for indices in groups.values():
-            for start in range(0, len(indices), config.batch_size):
-                chunk = indices[start : start + config.batch_size]
-                out = self._segment_prepared([prepared[i] for i in chunk], labels, [None] * len(chunk), words, config,
-                                             [timings[i] for i in chunk], clock)
-                for i, result in zip(chunk, out):
-                    results[i] = result
+        with self._stoppable(should_stop):
+            for indices in groups.values():
+                for start in range(0, len(indices), config.batch_size):
+                    chunk = indices[start : start + config.batch_size]
+                    out = self._segment_prepared([prepared[i] for i in chunk], labels, [None] * len(chunk), words,
+                                                 config, [timings[i] for i in chunk], clock)
+                    for i, result in zip(chunk, out):
+                        results[i] = result
         return results  # type: ignore[return-value]
 
     def _segment_prepared(self, prepared: list[PreparedImage], labels, hints, words, config: SeediffConfig,
@@ -162,15 +176,11 @@ class Segmenter:
         are split evenly over the images."""
         shared: dict[str, float] = {}
         clock.timings = shared
+        labels = [str(label).strip() for label in labels]
+        method, extras, prompts, wanted = self._plan(labels, words, config)
+        check_cost(self._cost(config, prepared[0].size, len(labels + extras), prompts, wanted, len(prepared)))
         draws = self._noisy_latents(prepared, config, clock)
         with clock("attention"):
-            labels = [str(label).strip() for label in labels]
-            method = get_method(config.method)
-            # Words a method adds to the prompt (T2M's background words) are captured but get no mask.
-            extras = [w for w in getattr(method, "prompt_extras", lambda _: [])(config) if w not in labels]
-            prompts = build_prompts(labels + extras, self.model.tokenizer, config.prompt_template, config.synonyms,
-                                    self.model.max_tokens, words)
-            wanted = method.layers(unet_layers(self.model.unet), config)
             all_maps = self._capture(prepared, draws, prompts, labels + extras, wanted, config)
         results = []
         for item, maps, item_hints, item_timings in zip(prepared, all_maps, hints, timings):
@@ -188,7 +198,8 @@ class Segmenter:
             results.append(self._result(item, labels, output, config, prompts, item_timings, own, maps.hints))
         return results
 
-    def segment_everything(self, image: ImageInput, **settings: Any) -> SegmentationResult:
+    def segment_everything(self, image: ImageInput, should_stop: Callable[[], bool] | None = None,
+                           **settings: Any) -> SegmentationResult:
         """DiffSeg's unsupervised segments of ``image``, no labels needed: an empty prompt, self-
         attention merged into segments named "segment 1", "segment 2", ... (largest first).
 
@@ -201,11 +212,13 @@ class Segmenter:
         timings: dict[str, float] = {}
         clock = _Clock(timings, self.model.device)
         prepared = self._prepare(image, config, clock)
-        draws = self._noisy_latents([prepared], config, clock)
-        with clock("attention"):
-            prompts = [Prompt("", {}, 2)]
-            wanted = {l.name for l in unet_layers(self.model.unet) if l.kind == SELF}
-            (maps,) = self._capture([prepared], draws, prompts, [], wanted, config)
+        prompts = [Prompt("", {}, 2)]
+        wanted = {l.name for l in unet_layers(self.model.unet) if l.kind == SELF}
+        check_cost(self._cost(config, prepared.size, 0, prompts, wanted))
+        with self._stoppable(should_stop):
+            draws = self._noisy_latents([prepared], config, clock)
+            with clock("attention"):
+                (maps,) = self._capture([prepared], draws, prompts, [], wanted, config)
         with clock("method"):
             segments = segment_map(maps, config)
             valid = maps.valid(tuple(segments.shape[-2:]))
@@ -216,6 +229,58 @@ class Segmenter:
             output = MethodOutput(segments.float(), segments, lambda m: containment(aggregated, m, maps.latent_size))
         names = [f"segment {i + 1}" for i in range(len(segments))]
         return self._result(prepared, names, output, config, prompts, timings, clock)
+
+    def estimate_cost(self, labels: Sequence[str], size: tuple[int, int] | None = None,
+                      words: Mapping[str, Sequence[str]] | None = None, **settings: Any) -> Cost:
+        """What one image of ``size`` (width, height; default the model's native square) with
+        ``labels`` would cost, without running it (a server checks a project's settings with it).
+
+        Raises:
+            ValueError: bad labels or settings.
+        """
+        from .images import working_shape
+
+        config = self.config_for(**settings)
+        side = self.model.native_size
+        width, height = size or (side, side)
+        grid_h, grid_w, _, _ = working_shape(width, height, config.working_size or side, self.model.size_multiple)
+        labels = [str(label).strip() for label in labels]
+        _, extras, prompts, wanted = self._plan(labels, words, config)
+        return self._cost(config, (grid_h, grid_w), len(labels + extras), prompts, wanted)
+
+    def _plan(self, labels: list[str], words, config: SeediffConfig) -> tuple[Any, list[str], list[Prompt], set[str]]:
+        """The method, its extra prompt words, the prompts and the layers to capture for ``labels``."""
+        check_labels(labels, config.synonyms, words)
+        method = get_method(config.method)
+        # Words a method adds to the prompt (T2M's background words) are captured but get no mask.
+        extras = [w for w in getattr(method, "prompt_extras", lambda _: [])(config) if w not in labels]
+        prompts = build_prompts(labels + extras, self.model.tokenizer, config.prompt_template, config.synonyms,
+                                self.model.max_tokens, words)
+        return method, extras, prompts, method.layers(unet_layers(self.model.unet), config)
+
+    def _cost(self, config: SeediffConfig, grid: tuple[int, int], labels: int, prompts: list[Prompt],
+              wanted: set[str], batch: int = 1) -> Cost:
+        scale = self.model.vae_scale_factor
+        return estimate_cost(config, (grid[0] // scale, grid[1] // scale), grid, labels, len(prompts),
+                             unet_layers(self.model.unet), wanted, batch)
+
+    @contextlib.contextmanager
+    def _stoppable(self, should_stop: Callable[[], bool] | None) -> Iterator[None]:
+        """While open, every UNet call first asks ``should_stop`` and raises ``Cancelled`` on True:
+        the UNet calls are the long, uninterruptible steps (inversion, each prompt pass and draw)."""
+        if should_stop is None:
+            yield
+            return
+
+        def check(_module, _args):
+            if should_stop():
+                raise Cancelled("stopped before the next UNet call")
+
+        handle = self.model.unet.register_forward_pre_hook(check)
+        try:
+            yield
+        finally:
+            handle.remove()
 
     def _prepare(self, image: ImageInput, config: SeediffConfig, clock: "_Clock") -> PreparedImage:
         with clock("prepare"):

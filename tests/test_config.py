@@ -19,13 +19,13 @@ def test_defaults_follow_the_reference():
     "changes, message",
     [
         ({"noise_mode": "blur"}, "noise_mode"),
-        ({"timestep": 1000}, "outside 0..999"),
-        ({"inversion_steps": 0}, "at least 1"),
+        ({"timestep": 1000}, "outside its range 0..999"),
+        ({"inversion_steps": 0}, "inversion_steps=0 is outside its range 1..100"),
         ({"prompt_template": "a photo"}, "must contain"),
-        ({"final_threshold": 1.5}, "within 0..1"),
+        ({"final_threshold": 1.5}, "outside its range 0.0..1.0"),
         ({"seed_factor": 3}, "powers of two"),
         ({"expansion_factors": (1, 2, 4)}, "coarse to fine"),
-        ({"working_size": 32}, "too small"),
+        ({"working_size": 32}, "working_size=32 is outside its range 64..1024"),
         ({"no_such_setting": 1}, "valid settings"),
     ],
 )
