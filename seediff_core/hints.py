@@ -40,27 +40,27 @@ class Hints:
         )
 
 
-def point_mask(points: tuple[Point, ...], size: tuple[int, int]) -> torch.Tensor:
-    """(h, w) bool with the cell under each point set."""
+def point_mask(points: tuple[Point, ...], size: tuple[int, int], device: torch.device | None = None) -> torch.Tensor:
+    """(h, w) bool on ``device`` with the cell under each point set."""
     h, w = size
-    mask = torch.zeros(h, w, dtype=torch.bool)
+    mask = torch.zeros(h, w, dtype=torch.bool, device=device)
     for x, y in points:
         mask[min(int(y * h), h - 1), min(int(x * w), w - 1)] = True
     return mask
 
 
-def box_mask(boxes: tuple[Box, ...], size: tuple[int, int]) -> torch.Tensor:
-    """(h, w) bool: cells whose centre lies in any box; all True when there is no box."""
+def box_mask(boxes: tuple[Box, ...], size: tuple[int, int], device: torch.device | None = None) -> torch.Tensor:
+    """(h, w) bool on ``device``: cells whose centre lies in any box; all True when there is no box."""
     h, w = size
     if not boxes:
-        return torch.ones(h, w, dtype=torch.bool)
-    ys = (torch.arange(h, dtype=torch.float32) + 0.5) / h
-    xs = (torch.arange(w, dtype=torch.float32) + 0.5) / w
-    mask = torch.zeros(h, w, dtype=torch.bool)
+        return torch.ones(h, w, dtype=torch.bool, device=device)
+    ys = (torch.arange(h, dtype=torch.float32, device=device) + 0.5) / h
+    xs = (torch.arange(w, dtype=torch.float32, device=device) + 0.5) / w
+    mask = torch.zeros(h, w, dtype=torch.bool, device=device)
     for x0, y0, x1, y1 in boxes:
         # A box thinner than a cell still keeps the cell it falls in.
         inside = ((ys >= y0) & (ys <= y1))[:, None] & ((xs >= x0) & (xs <= x1))[None, :]
         if not inside.any():
-            inside = point_mask((((x0 + x1) / 2, (y0 + y1) / 2),), size)
+            inside = point_mask((((x0 + x1) / 2, (y0 + y1) / 2),), size, device)
         mask |= inside
     return mask

@@ -25,7 +25,8 @@ class AttentionMaps:
         latent_size (`tuple[int, int]`): (h, w) of the latent grid.
         content (`tuple[float, float, float, float]`): (x0, y0, x1, y1), the image inside the padded
             grid as fractions of the grid's width and height.
-        image (`torch.Tensor`): (3, H, W) float in [0, 1], the working image (for refinement).
+        image (`torch.Tensor`): (3, H, W) float in [0, 1], the working image (for refinement), on
+            the device of the attention below.
         cross (`dict[int, torch.Tensor]`): factor -> (layers, K, h, w) mean over each label's tokens
             and over timesteps; un-normalised attention probabilities.
         cross_layers (`dict[int, list[str]]`): factor -> layer names in execution order.
@@ -47,6 +48,11 @@ class AttentionMaps:
     hints: dict[str, Hints] = field(default_factory=dict)
     extras: list[str] = field(default_factory=list)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the maps live (the UNet's device); every method computes there."""
+        return self.image.device
+
     def grid(self, factor: int) -> tuple[int, int]:
         """(h, w) of the maps at ``factor``."""
         return self.latent_size[0] // factor, self.latent_size[1] // factor
@@ -55,8 +61,8 @@ class AttentionMaps:
         """(h, w) bool: grid cells whose centre lies on the image rather than its padding."""
         h, w = size
         x0, y0, x1, y1 = self.content
-        ys = (torch.arange(h, dtype=torch.float32) + 0.5) / h
-        xs = (torch.arange(w, dtype=torch.float32) + 0.5) / w
+        ys = (torch.arange(h, dtype=torch.float32, device=self.device) + 0.5) / h
+        xs = (torch.arange(w, dtype=torch.float32, device=self.device) + 0.5) / w
         return ((ys >= y0) & (ys <= y1))[:, None] & ((xs >= x0) & (xs <= x1))[None, :]
 
     def require_cross(self, factor: int) -> torch.Tensor:

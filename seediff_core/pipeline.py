@@ -308,7 +308,7 @@ class Segmenter:
             out.append(collect_maps(
                 stores, prompts, labels, tuple(draws[0].shape[-2:]),
                 (x / width, y / height, (x + cw) / width, (y + ch) / height),
-                torch.from_numpy(item.rgb).permute(2, 0, 1).float() / 255.0, row,
+                torch.from_numpy(item.rgb).to(self.model.device).permute(2, 0, 1).float() / 255.0, row,
             ))
         return out
 
@@ -317,11 +317,14 @@ class Segmenter:
                 hints: Mapping[str, Hints] | None = None) -> SegmentationResult:
         """The method's masks split into regions (fragments and slivers gone, only clicked objects
         for labels with positive clicks), scored, and mapped to the original frame."""
+        device = output.masks.device
         with clock("regions"):
-            masks = output.masks.bool()
+            # The hand-over: the method computed on the maps' device; the region stage's cv2/scipy
+            # work runs on the CPU from here. Only the regions go back, to be scored by the method.
+            masks = output.masks.bool().cpu()
             objects = split_labels(masks, labels, prepared, config, hints or {})
             cleaned = torch.stack([_union(parts, prepared.size) for parts in objects]) if objects else masks
-            scores = output.score(cleaned) if objects else torch.zeros(0)
+            scores = output.score(cleaned.to(device)).cpu() if objects else torch.zeros(0)
         with clock("to_original"):
             original = masks_to_original(cleaned, prepared)
             soft = _crop_content(output.soft, prepared)
@@ -332,7 +335,7 @@ class Segmenter:
                 for part, mask in zip(objects[k], regions_to_original(objects[k], original[k], prepared)):
                     alone = torch.zeros_like(cleaned)
                     alone[k] = part
-                    region = Region.from_mask(mask, float(output.score(alone)[k]),
+                    region = Region.from_mask(mask, float(output.score(alone.to(device))[k]),
                                               _outline(part, prepared, config.polygon_tolerance))
                     if region is not None:
                         regions.append(region)
@@ -419,7 +422,7 @@ def containment(aggregated: torch.Tensor, segments: torch.Tensor, latent_size: t
         (S,) float in [0, 1].
     """
     if segments.shape[0] == 0:
-        return torch.zeros(0)
+        return torch.zeros(0, device=aggregated.device)
     small = F.interpolate(segments[None].float(), size=latent_size, mode="area")[0].flatten(1)  # (S, N)
     inside = small @ aggregated.float() @ small.T  # (S, S): attention from s landing in s
     weight = small.sum(dim=1).clamp_min(1e-12)

@@ -5,7 +5,6 @@ Maps are float tensors; K indexes labels; (h, w) is a grid aligned with the work
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -135,6 +134,60 @@ def resolve_overlaps(masks: torch.Tensor, strength: torch.Tensor) -> torch.Tenso
     return masks.bool() & (winner[None] == labels)
 
 
+def connected_components(mask: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """8-connected components of ``mask``, on its device (no hand-over to the CPU).
+
+    Label propagation with pointer jumping: every pixel starts with its own index, takes the
+    largest label among its neighbours in the mask, then the label of the pixel its label names
+    (which is in the same component and at least as large), until nothing changes.
+
+    Args:
+        mask (`torch.Tensor`): (H, W) bool.
+
+    Returns:
+        ((H, W) int64 labels, 0 for background and 1..n for the components, ordered by their last
+        pixel in raster order; n).
+    """
+    mask = mask.bool()
+    height, width = mask.shape
+    if height * width >= 2**24:  # labels ride in float32 through max-pooling
+        raise ValueError(f"a {height}x{width} mask is too large for connected_components")
+    ids = torch.arange(1, height * width + 1, device=mask.device, dtype=torch.float32).reshape(height, width)
+    labels = torch.where(mask, ids, torch.zeros_like(ids))
+    while True:
+        grown = F.max_pool2d(labels[None, None], 3, stride=1, padding=1)[0, 0] * mask
+        jumped = grown.flatten()[(grown.flatten().long() - 1).clamp_min(0)].reshape(height, width) * mask
+        grown = torch.maximum(grown, jumped)
+        if torch.equal(grown, labels):
+            break
+        labels = grown
+    found, inverse = torch.unique(labels, sorted=True, return_inverse=True)
+    # With some pixel off, found[0] is the background's 0 and the components are 1..n already.
+    background = int(not bool(mask.all()))
+    return (inverse + 1 - background).long(), int(found.numel()) - background
+
+
+def component_boxes(mask: torch.Tensor) -> torch.Tensor:
+    """(H, W) bool -> (H, W) bool: the bounding box of every 8-connected component of ``mask``, filled."""
+    components, count = connected_components(mask)
+    height, width = mask.shape
+    if count == 0:
+        return torch.zeros_like(mask, dtype=torch.bool)
+    rows = torch.arange(height, device=mask.device)[:, None].expand(height, width)
+    cols = torch.arange(width, device=mask.device)[None, :].expand(height, width)
+    index = components.flatten()
+
+    def reduce(values: torch.Tensor, how: str, start: int) -> torch.Tensor:
+        out = torch.full((count + 1,), start, device=mask.device, dtype=torch.long)
+        return out.scatter_reduce(0, index, values.flatten(), reduce=how, include_self=True)[1:]
+
+    y0, y1 = reduce(rows, "amin", height), reduce(rows, "amax", -1)
+    x0, x1 = reduce(cols, "amin", width), reduce(cols, "amax", -1)
+    inside_rows = (rows[None] >= y0[:, None, None]) & (rows[None] <= y1[:, None, None])
+    inside_cols = (cols[None] >= x0[:, None, None]) & (cols[None] <= x1[:, None, None])
+    return (inside_rows & inside_cols).any(dim=0)
+
+
 def label_objects(masks: torch.Tensor, evidence: torch.Tensor, image: torch.Tensor,
                   colour_tolerance: float = 0.15, strength: torch.Tensor | None = None,
                   min_strength: float = 0.0) -> torch.Tensor:
@@ -158,17 +211,13 @@ def label_objects(masks: torch.Tensor, evidence: torch.Tensor, image: torch.Tens
     Returns:
         (K, H, W) bool, disjoint, covering the pixels of ``masks`` less the dropped objects.
     """
-    import cv2
-
     if masks.shape[0] < 2:
         return masks.bool()
     masks = masks.bool()
-    union = masks.any(dim=0)
-    count, components = cv2.connectedComponents(union.numpy().astype(np.uint8), connectivity=8)
-    components = torch.from_numpy(components)
+    components, count = connected_components(masks.any(dim=0))
     pixels = image.float().flatten(1)  # (3, H*W)
     out = torch.zeros_like(masks)
-    for index in range(1, count):
+    for index in range(1, count + 1):
         region = components == index
         parts = [(k, masks[k] & region) for k in range(masks.shape[0]) if (masks[k] & region).any()]
         colours = [pixels[:, part.flatten()].mean(dim=1) for _, part in parts]
@@ -204,7 +253,7 @@ def contrast_score(evidence: torch.Tensor, masks: torch.Tensor, valid: torch.Ten
         (K,) float32.
     """
     if masks.numel() == 0:
-        return torch.zeros(masks.shape[0])
+        return torch.zeros(masks.shape[0], device=masks.device)
     valid = torch.ones(masks.shape[-2:], dtype=torch.bool, device=masks.device) if valid is None else valid
     inside = masks.bool() & valid
     outside = ~masks.bool() & valid

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from seediff_core.refine import contrast_score, cosine_affinity_sum, minmax, otsu_threshold, pamr, resolve_overlaps, upsample
@@ -124,3 +125,35 @@ def test_label_objects_drops_objects_the_words_are_not_looked_up_on():
     kept = label_objects(masks, evidence, image, 0.15, strength, min_strength=0.25)
     assert kept[0].sum() == 16 and not kept[1].any()
     assert label_objects(masks, evidence, image, 0.15, strength, min_strength=0.0)[1].sum() == 18
+
+
+def test_connected_components_partition_the_mask_as_cv2_does():
+    """The torch labelling (which stays on the maps' device) against OpenCV's, 8-connected, on random
+    masks, dilated ones (big blobs) and a snake that winds through the whole grid."""
+    import cv2
+
+    from seediff_core.refine import component_boxes, connected_components
+
+    rng = np.random.default_rng(0)
+    snake = np.zeros((48, 48), bool)
+    snake[::4] = True
+    for row in range(0, 48, 8):
+        snake[row : row + 4, 47] = True
+        snake[row + 4 : row + 8, 0] = True
+    masks = [snake, np.zeros((5, 7), bool), np.ones((5, 7), bool)]
+    for trial in range(60):
+        mask = rng.random(tuple(rng.integers(1, 40, 2))) < rng.random()
+        masks.append(cv2.dilate(mask.astype(np.uint8), np.ones((3, 3))).astype(bool) if trial % 2 else mask)
+    for mask in masks:
+        count, reference = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+        labels, found = connected_components(torch.from_numpy(mask))
+        labels = labels.numpy()
+        assert found == count - 1
+        assert np.array_equal(labels > 0, mask)
+        assert len(set(zip(reference[mask].tolist(), labels[mask].tolist()))) == found  # one to one
+        boxes = np.zeros(mask.shape, bool)
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        for contour in contours:
+            x, y, w, h = cv2.boundingRect(contour)
+            boxes[y : y + h, x : x + w] = True
+        assert np.array_equal(component_boxes(torch.from_numpy(mask)).numpy(), boxes)

@@ -64,14 +64,15 @@ class DiffSeg:
 def segment_map(maps: AttentionMaps, config: SeediffConfig) -> torch.Tensor:
     """Steps 1-5: (S, H, W) bool one-hot segments on the working image."""
     aggregated = aggregate(maps)
-    proposals = merge(aggregated, anchor_indices(maps.latent_size, config.diffseg_anchors), config.diffseg_kl_thresholds)
+    anchors = anchor_indices(maps.latent_size, config.diffseg_anchors).to(maps.device)
+    proposals = merge(aggregated, anchors, config.diffseg_kl_thresholds)
     if config.diffseg_kmeans:
         proposals = kmeans(aggregated, proposals)
     h, w = maps.latent_size
     size = tuple(maps.image.shape[-2:])
     upsampled = upsample(proposals.reshape(-1, h, w), size, mode="bilinear")
     winner = upsampled.argmax(dim=0)
-    return winner[None] == torch.arange(upsampled.shape[0])[:, None, None]
+    return winner[None] == torch.arange(upsampled.shape[0], device=winner.device)[:, None, None]
 
 
 def aggregate(maps: AttentionMaps) -> torch.Tensor:
@@ -80,9 +81,9 @@ def aggregate(maps: AttentionMaps) -> torch.Tensor:
     factors = sorted(maps.self_attention)
     if not factors:
         raise ValueError("DiffSeg needs self-attention; none was captured")
-    weights = torch.tensor([1.0 / f for f in factors])
-    weights = weights / weights.sum()  # proportional to grid size
-    total = torch.zeros(h * w, h * w)
+    weights = [1.0 / f for f in factors]
+    weights = [weight / sum(weights) for weight in weights]  # proportional to grid size
+    total = torch.zeros(h * w, h * w, device=maps.device)
     for factor, weight in zip(factors, weights):
         gh, gw = maps.grid(factor)
         attention = maps.self_attention[factor].float().mean(dim=0)  # (gh*gw, gh*gw)
@@ -123,11 +124,11 @@ def merge(aggregated: torch.Tensor, anchors: torch.Tensor, thresholds: tuple[flo
         return aggregated
     distance = symmetric_kl(aggregated[anchors], aggregated)  # (A, N)
     close = distance < thresholds[0]
-    close[torch.arange(len(anchors)), anchors] = True  # an anchor always includes itself
+    close[torch.arange(len(anchors), device=close.device), anchors] = True  # an anchor always includes itself
     proposals = (close.float() @ aggregated) / close.sum(dim=1, keepdim=True)
     for tau in thresholds[1:]:
         distance = symmetric_kl(proposals, proposals)
-        marked = torch.zeros(len(proposals), dtype=torch.bool)
+        marked = torch.zeros(len(proposals), dtype=torch.bool, device=proposals.device)
         merged = []
         for i in range(len(proposals)):
             if marked[i]:
@@ -169,7 +170,7 @@ def label_votes(maps: AttentionMaps, size: tuple[int, int]) -> torch.Tensor:
 
 def assign_labels(segments: torch.Tensor, votes: torch.Tensor, valid: torch.Tensor, threshold: float) -> torch.Tensor:
     """(S, H, W) segments, (K, H, W) vote ratios -> (K, H, W) disjoint label masks."""
-    masks = torch.zeros(votes.shape, dtype=torch.bool)
+    masks = torch.zeros(votes.shape, dtype=torch.bool, device=votes.device)
     for segment in segments:
         inside = segment & valid
         if not inside.any() or votes.shape[0] == 0:

@@ -100,7 +100,7 @@ def argmax_with_background(maps: torch.Tensor, background: float) -> torch.Tenso
     if maps.shape[0] == 0:
         return maps.bool()
     best, index = maps.max(dim=0)
-    labels = torch.arange(maps.shape[0])[:, None, None]
+    labels = torch.arange(maps.shape[0], device=maps.device)[:, None, None]
     return (index[None] == labels) & (best[None] > background)
 
 

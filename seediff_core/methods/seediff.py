@@ -96,7 +96,8 @@ def seed_maps(cross: torch.Tensor, valid: torch.Tensor, variance_floor: float, f
     """Step 1 before Otsu. (layers, K, h, w) cross-attention -> (K, h, w) in [0, 1]."""
     normed = minmax(cross, valid=valid)
     values = normed[..., valid]  # (layers, K, valid pixels)
-    flat = values.var(dim=-1, unbiased=False) <= variance_floor if values.shape[-1] > 1 else torch.ones(normed.shape[:2], dtype=torch.bool)
+    flat = (values.var(dim=-1, unbiased=False) <= variance_floor if values.shape[-1] > 1
+            else torch.ones(normed.shape[:2], dtype=torch.bool, device=normed.device))
     normed = normed * torch.where(flat, flat_weight, 1.0)[..., None, None]
     return minmax(normed.sum(dim=0), valid=valid)
 
@@ -117,7 +118,8 @@ def seed_owners(cross: torch.Tensor, valid: torch.Tensor, min_ratio: float = 2.0
     mean = (summed * valid).sum(dim=(1, 2), keepdim=True) / valid.sum().clamp_min(1)
     ratio = summed / mean.clamp_min(1e-12)
     best, winner = ratio.max(dim=0)
-    return (winner[None] == torch.arange(summed.shape[0])[:, None, None]) & (best >= min_ratio)[None] & valid
+    labels = torch.arange(summed.shape[0], device=summed.device)[:, None, None]
+    return (winner[None] == labels) & (best >= min_ratio)[None] & valid
 
 
 def otsu_foreground(maps: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -150,7 +152,7 @@ def expand(seeds_map: torch.Tensor, maps: AttentionMaps, factors: tuple[int, ...
     for k, label in enumerate(maps.labels):
         hint = maps.hints.get(label)
         if hint and hint.positive:
-            seeds[k] = point_mask(hint.positive, grid) & valid
+            seeds[k] = point_mask(hint.positive, grid, maps.device) & valid
         elif hint and hint.boxes:
             seeds[k] &= allowed[k]
             if not seeds[k].any():  # no attention seed in the box: take its hottest cell
@@ -185,11 +187,11 @@ def expand(seeds_map: torch.Tensor, maps: AttentionMaps, factors: tuple[int, ...
 
 def _click_masks(maps: AttentionMaps, grid: tuple[int, int], valid: torch.Tensor) -> torch.Tensor:
     """(K, h, w) bool: the cells under each label's positive clicks."""
-    clicks = torch.zeros(len(maps.labels), *grid, dtype=torch.bool)
+    clicks = torch.zeros(len(maps.labels), *grid, dtype=torch.bool, device=maps.device)
     for k, label in enumerate(maps.labels):
         hint = maps.hints.get(label)
         if hint and hint.positive:
-            clicks[k] = point_mask(hint.positive, grid) & valid
+            clicks[k] = point_mask(hint.positive, grid, maps.device) & valid
     return clicks
 
 
@@ -200,8 +202,8 @@ def _hint_masks(maps: AttentionMaps, grid: tuple[int, int], valid: torch.Tensor)
     for k, label in enumerate(maps.labels):
         hint = maps.hints.get(label)
         if hint:
-            allowed[k] &= box_mask(hint.boxes, grid)
-            negatives[k] = point_mask(hint.negative, grid) & valid
+            allowed[k] &= box_mask(hint.boxes, grid, maps.device)
+            negatives[k] = point_mask(hint.negative, grid, maps.device) & valid
     return allowed, negatives
 
 

@@ -29,14 +29,12 @@ from __future__ import annotations
 import re
 from typing import ClassVar
 
-import cv2
-import numpy as np
 import torch
 
 from ..attention import CROSS, SELF, Layer
 from ..config import SeediffConfig
 from ..maps import AttentionMaps
-from ..refine import contrast_score, minmax, pamr, upsample
+from ..refine import component_boxes, contrast_score, minmax, pamr, upsample
 from .base import MethodOutput
 
 _ATTENTION_INDEX = re.compile(r"\.attentions\.(\d+)\.")
@@ -66,12 +64,12 @@ class T2M:
         size = tuple(maps.image.shape[-2:])
         valid = maps.valid(size)
         scores = minmax(upsample(refined, size, mode="bilinear"), valid=valid) * valid
-        background = (2 * config.t2m_tau - scores.amax(dim=0)) ** 2 if count else torch.ones(size)
+        background = (2 * config.t2m_tau - scores.amax(dim=0)) ** 2 if count else torch.ones(size, device=maps.device)
         # The paper's dense CRF, done here by PAMR on the image (as for DiffuMask).
         stacked = pamr(maps.image, torch.cat([background[None], scores]), config.pamr_iterations,
                        config.pamr_dilations, config.pamr_std_factor)
         winner = stacked.argmax(dim=0)
-        masks = (winner[None] == torch.arange(1, count + 1)[:, None, None]) & valid
+        masks = (winner[None] == torch.arange(1, count + 1, device=winner.device)[:, None, None]) & valid
         return MethodOutput(soft=scores, masks=masks, score=lambda m: contrast_score(scores, m, valid))
 
 
@@ -105,16 +103,10 @@ def class_maps(maps: AttentionMaps, grid: tuple[int, int]) -> torch.Tensor:
 
 
 def box_mask(cam: torch.Tensor, threshold: float) -> torch.Tensor:
-    """(h, w) bool: the bounding boxes of every part of ``cam`` above ``threshold`` x its max."""
-    above = (cam >= threshold * float(cam.max())).numpy().astype(np.uint8) if float(cam.max()) > 0 else None
-    mask = np.zeros(cam.shape, dtype=bool)
-    if above is None:
-        return torch.from_numpy(mask)
-    contours, _ = cv2.findContours(above, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    for contour in contours:
-        x, y, w, h = cv2.boundingRect(contour)
-        mask[y : y + h, x : x + w] = True
-    return torch.from_numpy(mask)
+    """(h, w) bool: the bounding boxes of every part of ``cam`` above ``threshold`` x its max (the
+    official code's cv2 contours' boxes; here in torch, on the maps' device)."""
+    peak = cam.max()
+    return component_boxes((cam >= threshold * peak) & (peak > 0))
 
 
 def refine(squared: torch.Tensor, cam: torch.Tensor, box: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
