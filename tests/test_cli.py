@@ -14,7 +14,6 @@ from PIL import Image
 from seediff_core.cli import _spread_multi_value_options, safe_filename
 from seediff_core.scenes import make_scene, render
 
-SMALL = ["--set", "seed_factor=2", "--set", "expansion_factors=[2,1]"]
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -29,7 +28,7 @@ def test_segment_writes_the_stable_layout_and_survives_a_bad_image(tmp_path, tin
     (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
     out = tmp_path / "out"
     proc = _run(["segment", "a.png", "broken.png", "b.jpg", "--labels", "cat", "dog/wolf",
-                 "--model", str(tiny_model_dir), "--out", str(out), "--steps", "3", "--t", "150", *SMALL], tmp_path)
+                 "--model", str(tiny_model_dir), "--out", str(out), "--steps", "3", "--t", "150"], tmp_path)
     assert proc.returncode == 1, proc.stderr
     assert "broken.png" in proc.stderr and "cannot read" in proc.stderr
     assert "2 of 3 image(s) written" in proc.stderr
@@ -51,7 +50,7 @@ def test_segment_writes_the_stable_layout_and_survives_a_bad_image(tmp_path, tin
 def test_all_good_images_exit_zero(tmp_path, tiny_model_dir):
     Image.fromarray(render(make_scene(3), 128).image).save(tmp_path / "c.png")
     proc = _run(["segment", "c.png", "--labels", "cat,dog", "--model", str(tiny_model_dir),
-                 "--out", "o", "--steps", "2", *SMALL], tmp_path)
+                 "--out", "o", "--steps", "2"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (tmp_path / "o" / "c").iterdir()) == ["cat.png", "dog.png", "overlay.png", "result.json"]
 

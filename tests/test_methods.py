@@ -23,7 +23,6 @@ from seediff_core.scenes import make_scene, render
 from seediff_core.synth import Synthesizer, coco_rle, write_dataset
 from test_seediff import _hand_built_maps, _iou
 
-SMALL = {"seed_factor": 2, "expansion_factors": (2, 1)}
 
 
 @pytest.mark.parametrize("method", ["diffumask", "t2m", "seediff"])
@@ -97,7 +96,7 @@ def test_anchor_grid_matches_the_official_code():
 
 
 def test_every_method_runs_through_the_pipeline(tiny_model):
-    segmenter = Segmenter(tiny_model, **SMALL)
+    segmenter = Segmenter(tiny_model)
     image = Image.fromarray(render(make_scene(4), 200).image).resize((150, 110))
     for name in METHODS:
         result = segmenter.segment(image, ["cat", "dog"], method=name)
@@ -136,7 +135,7 @@ def _decode_coco(rle):
 
 
 def test_synthetic_dataset_layout_and_resume(tiny_model, tmp_path):
-    synthesizer = Synthesizer(Segmenter(tiny_model, **SMALL), steps=4, guidance=5.0)
+    synthesizer = Synthesizer(Segmenter(tiny_model), steps=4, guidance=5.0)
     first = write_dataset(tmp_path, synthesizer, ["cat", "dog"], per_label=2)
     assert first == {"generated": 4, "skipped": 0, "total": 4}
     assert (tmp_path / "labels.txt").read_text().split() == ["background", "cat", "dog"]
@@ -165,7 +164,6 @@ def test_heatmap_and_synth_commands(tiny_model_dir, tmp_path):
     assert sorted(p.name for p in (tmp_path / "hm/a").iterdir()) == ["cat.heat.png", "cat.png", "dog.heat.png", "dog.png"]
     assert Image.open(tmp_path / "hm/a/cat.heat.png").size == (120, 90)
     done = subprocess.run([exe, "synth", "--labels", "cat", "--per-label", "1", "--out", "ds", "--model",
-                           str(tiny_model_dir), "--sampling-steps", "3", "--set", "seed_factor=2",
-                           "--set", "expansion_factors=[2,1]"], cwd=tmp_path, env=env, capture_output=True, text=True)
+                           str(tiny_model_dir), "--sampling-steps", "3"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "ds/JPEGImages/cat_00000.jpg").exists() and (tmp_path / "ds/annotations.json").exists()

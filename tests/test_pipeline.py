@@ -15,13 +15,11 @@ from PIL import Image
 from seediff_core import ImageError, Segmenter
 from seediff_core.scenes import make_scene, render
 
-# The tiny UNet's latent is 16x16; SD's default factors (16x16 seeds of a 64x64 latent) scale down.
-SMALL = {"seed_factor": 2, "expansion_factors": (2, 1)}
 
 
 @pytest.fixture(scope="module")
 def segmenter(tiny_model):
-    return Segmenter(tiny_model, **SMALL)
+    return Segmenter(tiny_model)
 
 
 def _photo(width=333, height=517, seed=1) -> Image.Image:
@@ -60,7 +58,7 @@ def test_exif_rotated_input_gives_masks_aligned_with_the_rotated_image(segmenter
 
 
 def test_second_prediction_with_other_labels_does_not_invert_again(tiny_model):
-    segmenter = Segmenter(tiny_model, **SMALL)
+    segmenter = Segmenter(tiny_model)
     photo = _photo(seed=5)
     segmenter.segment(photo, ["cat"])
     misses = segmenter.latent_cache.misses
@@ -93,7 +91,7 @@ def test_many_labels_take_several_passes(segmenter):
 
 
 def test_sd2_style_model_segments(tiny_sd2_dir):
-    segmenter = Segmenter.from_name(str(tiny_sd2_dir), device="cpu", **SMALL)
+    segmenter = Segmenter.from_name(str(tiny_sd2_dir), device="cpu")
     result = segmenter.segment(_photo(64, 96), ["cat"])
     assert result.masks[0].mask.shape == (96, 64)
 
@@ -133,8 +131,8 @@ def test_a_batch_gives_what_one_by_one_gives(tiny_model, mode):
     on the company an image keeps: same masks (up to a few boundary pixels of float noise), same
     scores, whatever the order, with a landscape image in its own group."""
     images = [_photo(256, 256, seed=s) for s in (1, 2, 3)] + [_photo(300, 180, seed=5)]
-    alone = Segmenter(tiny_model, noise_mode=mode, timestep=300, **SMALL)
-    together = Segmenter(tiny_model, noise_mode=mode, timestep=300, batch_size=2, **SMALL)
+    alone = Segmenter(tiny_model, noise_mode=mode, timestep=300)
+    together = Segmenter(tiny_model, noise_mode=mode, timestep=300, batch_size=2)
     batch = together.segment_batch(images, ["cat", "dog"])
     assert len(batch) == len(images)
     for image, result in zip(images, batch):
@@ -144,7 +142,9 @@ def test_a_batch_gives_what_one_by_one_gives(tiny_model, mode):
             assert a.label == b.label
             assert np.mean(a.mask != b.mask) < 0.002
             assert a.score == pytest.approx(b.score, abs=1e-3)
-            assert np.allclose(a.soft, b.soft, atol=1e-3)
+            # Batched kernels differ in the last bits; SD 1.5's 16x16 seed grid is 4x4 on the tiny
+            # model, where min-max and Otsu over 16 cells magnify that to ~0.005 in the soft maps.
+            assert np.allclose(a.soft, b.soft, atol=1e-2)
     # Every image went through the encoder and the noising once, in batches of two.
     assert together.latent_cache.misses == 2 * len(images)
 
