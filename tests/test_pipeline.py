@@ -152,21 +152,3 @@ def test_a_batch_gives_what_one_by_one_gives(tiny_model, mode):
 def test_a_bad_image_in_a_batch_is_named_by_its_index(segmenter):
     with pytest.raises(ImageError, match="image 1"):
         segmenter.segment_batch([_photo(), b"not an image"], ["cat"])
-
-
-@pytest.mark.gpu
-def test_cuda_half_precision_matches_cpu_on_the_shipped_model():
-    """On a GPU the default dtype is float16; its masks must agree with float32 on the CPU."""
-    from seediff_core import load_model
-
-    scenes = [make_scene(seed) for seed in range(6)]
-    labels = ["circle", "square", "triangle", "star"]
-    results = {}
-    for device in ("cpu", "cuda"):
-        segmenter = Segmenter(load_model("shapes-world", device=device))
-        results[device] = [segmenter.segment(Image.fromarray(render(scene, 128).image), labels) for scene in scenes]
-    for cpu, cuda in zip(results["cpu"], results["cuda"]):
-        for label in labels:
-            a, b = cpu[label].mask > 0, cuda[label].mask > 0
-            union = (a | b).sum()
-            assert union == 0 or (a & b).sum() / union > 0.9, label
