@@ -69,8 +69,10 @@ def sd15_rows(model, rounds: int) -> list[dict]:
     for mode in ("noise", "invert"):
         segmenter = Segmenter(model, noise_mode=mode, latent_cache_size=0)
         seconds, peak = measure(lambda: segmenter.segment(photo, LABELS), device, rounds)
+        # Stage times of one more call: "regions" holds the hand-over of the masks to the CPU.
+        stages = segmenter.segment(photo, LABELS).timings
         rows.append({"row": f"seediff, {mode}" + (" (its defaults)" if mode == "invert" else ""),
-                     "seconds_per_image": seconds, "peak_gib": peak})
+                     "seconds_per_image": seconds, "peak_gib": peak, "stages": stages})
     for method in sorted(set(METHODS) - {"seediff"}):
         segmenter = Segmenter(model, method=method, latent_cache_size=0)
         seconds, peak = measure(lambda: segmenter.segment(photo, LABELS), device, rounds)
@@ -107,6 +109,10 @@ def table(info: dict) -> str:
     for row in info["rows"]:
         rate = row.get("images_per_second", 1 / row["seconds_per_image"])
         lines.append(f"| {row['row']} | {row['seconds_per_image']:.3f} | {rate:.1f} | {row['peak_gib']:.2f} |")
+    for row in info["rows"]:
+        if "stages" in row:
+            lines.append(f"\nstages of '{row['row']}' (s): " + ", ".join(
+                f"{stage} {seconds:.3f}" for stage, seconds in row["stages"].items()))
     agreement = info["precision"]
     lines += ["", f"float16 ({info['device']}) vs float32 (CPU) on shapes-world, {agreement['scenes']} held-out "
               f"scenes x {len(agreement['labels'])} labels: mask IoU mean {agreement['mean_iou']:.3f}, "

@@ -12,6 +12,13 @@ image through every stage:
 5. each label's mask is split into its objects (regions: fragments and slivers dropped, only the
    clicked objects where an annotator clicked), each scored alone;
 6. masks, regions and their outlines go back to the original width x height.
+
+Devices: stages 2-4 run on the model's device (the captured attention, the working image in
+``AttentionMaps`` and every tensor a method makes live there). The hand-overs to the CPU are
+these, all in ``_result``: the method's (K, h, w) masks once, before the region stage's
+cv2/scipy work; each region's mask back to the device to be scored by the method's ``score``;
+the soft maps once, for the results. Each is a copy of a few working-grid masks (about 0.25 MB
+per label at 512 px), timed within the "regions" and "to_original" stages.
 """
 
 from __future__ import annotations
