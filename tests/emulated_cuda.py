@@ -21,7 +21,6 @@ from unittest import mock
 
 import torch
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten, tree_map
 
 CUDA = torch.device("cuda", 0)
 # Ops that take tensors of two devices on CUDA too.
@@ -87,6 +86,37 @@ class EmulatedCuda(torch.Tensor):
             return args[0]  # in place: the same tensor object, as torch returns
         on_cuda = target.type == "cuda" if target is not None else _any_emulated((args, kwargs))
         return tree_map(_wrap, out) if on_cuda else out
+
+
+def tree_map(fn, value):
+    """``fn`` over the leaves of tuples, lists and dicts (all an operator's arguments hold); torch's
+    pytree does the same at several times the cost, which dominated the emulation's overhead."""
+    if isinstance(value, torch.Size):  # shapes hold no tensors
+        return value
+    if isinstance(value, (tuple, list)):
+        return type(value)(tree_map(fn, v) for v in value)
+    if isinstance(value, dict):
+        return {k: tree_map(fn, v) for k, v in value.items()}
+    return fn(value)
+
+
+def tree_flatten(value) -> tuple[list, None]:
+    leaves: list = []
+
+    def visit(item):
+        if isinstance(item, torch.Size):
+            return
+        if isinstance(item, (tuple, list)):
+            for v in item:
+                visit(v)
+        elif isinstance(item, dict):
+            for v in item.values():
+                visit(v)
+        else:
+            leaves.append(item)
+
+    visit(value)
+    return leaves, None
 
 
 def _unwrap(value):

@@ -65,6 +65,17 @@ def test_every_method_runs_on_cuda_and_matches_the_cpu(method, on_cuda, tiny_mod
     _same(cpu, cuda)
 
 
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_runs_on_cuda_in_half_precision(method, tiny_model_dir, photo):
+    """float16, the dtype a GPU run gets by default, as far as the CPU's half kernels go."""
+    with emulated_cuda():
+        model = load_model(str(tiny_model_dir), device="cuda")
+        assert model.dtype == torch.float16
+        result = Segmenter(model, method=method).segment(photo, LABELS)
+    for mask in result.masks:
+        assert mask.mask.shape == (150, 200) and np.isfinite(mask.soft).all() and 0 <= mask.score <= 1
+
+
 def test_clicks_and_boxes_run_on_cuda(on_cuda, tiny_model, photo):
     hints = {"cat": Hints(positive=((0.4, 0.5),), negative=((0.9, 0.1),)), "dog": Hints(boxes=((0.1, 0.1, 0.6, 0.7),))}
     cpu = Segmenter(tiny_model).segment(photo, LABELS, hints=hints)
