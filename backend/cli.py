@@ -109,11 +109,15 @@ def prelabel(project, view, task_ids, limit, source, target, config_file, labels
             client = bulk.connect(settings)
             config = bulk.project_config(client, project)
             ids = bulk.parse_task_ids(task_ids) if task_ids else None
-            tasks = list(bulk.project_tasks(client, project, view, ids, limit))
+            tasks = None
         if limit is not None and source is not None:
             tasks = tasks[:limit]
+        # The model starts loading here, while the project's tasks are listed ...
         job = bulk.Prelabeler(settings, config, params, chunk=batch_size, load_model=not (use_ray or dry_run),
                               project_id=str(project) if project is not None else "prelabel")
+        if tasks is None:
+            tasks = list(bulk.project_tasks(client, project, view, ids, limit))
+        job.wait_for_model()  # ... and a model that cannot load is said once, before any task is touched
     except (bulk.UsageError, ValueError) as exc:
         usage(str(exc))
     version = job.model_version

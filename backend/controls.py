@@ -121,11 +121,12 @@ class ImageTarget:
         return merged
 
 
-def parse_targets(label_interface) -> list[ImageTarget]:
+def parse_targets(label_interface, required: bool = True) -> list[ImageTarget]:
     """The Image objects seediff can label, with their controls.
 
     Raises:
-        RequestError (a ValueError): no BrushLabels, PolygonLabels or BitmaskLabels control points at an Image.
+        RequestError (a ValueError): no BrushLabels, PolygonLabels or BitmaskLabels control points
+            at an Image (with ``required=False``: an empty list).
     """
     targets: dict[str, ImageTarget] = {}
     for control in label_interface.controls:
@@ -151,7 +152,7 @@ def parse_targets(label_interface) -> list[ImageTarget]:
                     words[label] = [w.strip() for w in given.split(",") if w.strip()]
             target = targets.setdefault(to_name, ImageTarget(to_name, value[1:], []))
             target.controls.append(cls(control.name, to_name, list(control.labels), words))
-    if not targets:
+    if not targets and required:
         raise RequestError(
             "label_config", "has no BrushLabels, PolygonLabels or BitmaskLabels control on an Image",
             'add one, e.g. <Image name="image" value="$image"/> <BrushLabels name="tag" toName="image">'

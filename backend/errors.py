@@ -53,11 +53,12 @@ def require_str(value: Any, field: str, example: str, number_ok: bool = False) -
 
 def task_error_message(exc: BaseException) -> str:
     """What a task's failure says in the response: our own errors verbatim, anything else by name only."""
-    from seediff_core.images import ImageError
+    from seediff_core import CostLimitError, ImageError
 
     from .fetch import FetchError
+    from .worker import JobStopped
 
-    if isinstance(exc, (FetchError, ImageError, RequestError)):
+    if isinstance(exc, (FetchError, ImageError, RequestError, CostLimitError, JobStopped)):
         return str(exc)
     return "internal error while segmenting this task (the server log has the details)"
 

@@ -33,10 +33,10 @@ class SeediffBackend(LabelStudioMLBase):
         self.set("model_version", self.runtime.model_version(self.extra_params))
 
     def predict(self, tasks: list[dict], context: dict | None = None, **kwargs) -> list:
+        targets, options = self._targets(), self.runtime.overrides(self.extra_params)
         if context and context.get("result"):
-            targets = self._targets()
-            options = self.runtime.overrides(self.extra_params)
             return [self._interactive(tasks[0], targets, context["result"], options)]
+        self.runtime.check_request(targets, options, len(tasks))  # over a limit: 400 before any work
         # A failed task gets an empty list: Label Studio stores nothing for it and keeps the others.
         outcomes = self.predict_outcomes(tasks)
         self.task_errors = {i: task_error_message(o) for i, o in enumerate(outcomes) if isinstance(o, Exception)}

@@ -10,8 +10,10 @@ model works on this one's) and uploads run on their own thread.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -20,9 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from seediff_core import ModelNotFoundError
+
+from .errors import Unavailable
 from .model import SeediffBackend
 from .runtime import Runtime
-from .settings import BackendSettings
+from .settings import JOB_SECONDS_ENV, BackendSettings
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
@@ -93,17 +98,42 @@ class Prelabeler:
         extra_params (`dict`): pipeline settings and prompt words, as a connection's "Extra params".
         chunk (`int`): tasks per model call and per upload.
         load_model (`bool`): False to only validate the settings and name the model version.
+
+    The model starts loading in the background; ``wait_for_model`` says, once, if it cannot.
     """
 
     def __init__(self, settings: BackendSettings, label_config: str, extra_params: dict[str, Any] | None = None,
                  chunk: int = 8, project_id: str = "prelabel", load_model: bool = True):
+        if JOB_SECONDS_ENV not in os.environ:  # a server's per-job limit; an admin's own run goes to the end
+            settings = dataclasses.replace(settings, job_seconds=None)
         self.settings = settings
-        self.runtime = Runtime(settings, load_model)
+        try:
+            self.runtime = Runtime(settings, load_model, log_load_failure=False)
+        except ModelNotFoundError as exc:  # e.g. a folder that does not exist
+            raise UsageError(str(exc)) from None
         self.chunk = max(1, chunk)
         try:
             self.model = SeediffBackend(project_id, label_config, self.runtime.state, extra_params or {},
                                         runtime=self.runtime)
-            self.model._targets()
+            self.runtime.check_request(self.model._targets(), self.runtime.overrides(self.model.extra_params))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+
+    def wait_for_model(self) -> None:
+        """Wait until the model is loaded and check the settings' cost on it.
+
+        Raises:
+            UsageError: the model cannot be loaded (the message says why and how to fix it), or one
+                image would cost more than the limits allow; nothing was predicted.
+        """
+        if self.runtime.model is None:
+            return
+        try:
+            self.runtime.model.get(timeout=None)
+        except Unavailable:
+            raise UsageError(f"cannot load the model: {self.runtime.model.exception}") from None
+        try:
+            self.runtime.check_request(self.model._targets(), self.runtime.overrides(self.model.extra_params))
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
 

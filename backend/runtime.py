@@ -12,18 +12,20 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
+from seediff_core import CostLimitError
 from seediff_core.hints import Hints
 from seediff_core.images import ImageError, load_image
 from seediff_core.models import resolve_source
 from seediff_core.pipeline import resolve_config
 
+from . import limits
 from .controls import ImageTarget
-from .errors import RequestError
+from .errors import RequestError, Unavailable
 from .fetch import FetchError, ImageFetcher
 from .project_version import ProjectVersions
 from .settings import BackendSettings
 from .state import ProjectState
-from .worker import BATCH, INTERACTIVE, InferenceWorker, ModelHolder, QueueFull
+from .worker import BATCH, INTERACTIVE, InferenceWorker, JobStopped, ModelHolder, QueueFull
 
 log = logging.getLogger(__name__)
 MODEL_WAIT_SECONDS = 30.0
@@ -64,24 +66,35 @@ class Metrics:
 
 
 class Runtime:
-    """``load_model=False`` builds everything but the model (to name a model version without it)."""
+    """``load_model=False`` builds everything but the model (to name a model version without it);
+    ``log_load_failure=False`` leaves saying that the model failed to load to the caller."""
 
-    def __init__(self, settings: BackendSettings, load_model: bool = True):
+    def __init__(self, settings: BackendSettings, load_model: bool = True, log_load_failure: bool = True):
         self.settings = settings
         self.state = ProjectState(settings.model_dir / "cache.db")
         self.fetcher = ImageFetcher(settings)
         self.project_versions = ProjectVersions(self.fetcher.base, self.fetcher.tokens, self.state, settings.fetch_timeout)
-        self.worker = InferenceWorker(settings.queue_size)
+        self.worker = InferenceWorker(settings.queue_size, settings.job_seconds)
         self.metrics = Metrics()
         self._fetch_pool = ThreadPoolExecutor(4, thread_name_prefix="seediff-fetch")
         # Settings (library defaults < the model folder's seediff.json < env) are known before the
         # weights load, so /setup can answer with a model version at once.
         self.model_folder = resolve_source(settings.model)[1]
         self.base_config = self.config(settings.pipeline)
-        self.model = ModelHolder(self._load) if load_model else None
+        self.model = ModelHolder(self._load, log_load_failure) if load_model else None
 
     def config(self, params: dict[str, Any]):
         return resolve_config(self.settings.model, self.model_folder, {**self.settings.pipeline, **params})
+
+    def shutdown(self) -> None:
+        """The server is stopping: the running job stops before its next UNet call, queued jobs are
+        refused (503), so the process exits within its grace period."""
+        self.worker.stop()
+
+    def check_request(self, targets: list[ImageTarget], options: "ProjectOptions", tasks: int | None = None) -> None:
+        """RequestError (400, before any work) when the project's labels, one image's cost or, given
+        ``tasks``, the request's total exceed the limits (``backend.limits``)."""
+        limits.check_request(self, targets, options, tasks)
 
     def _load(self):
         from seediff_core.models import load_model
@@ -127,7 +140,7 @@ class Runtime:
         try:
             self.config(params)  # validates
         except ValueError as exc:
-            name = next((k for k in params if str(exc).startswith(f"{k}=")), None)
+            name = next((k for k in params if str(exc).startswith((f"{k}=", f"{k} "))), None)  # "k=5 is ...", "k has ..."
             raise RequestError(f"extra_params.{name}" if name else "extra_params", str(exc),
                                "fix or remove the setting in the model's Extra params") from None
         return ProjectOptions(params, words, everything)
@@ -166,14 +179,16 @@ class Runtime:
         batch_size = 1 if options.everything else self.config(options.settings).batch_size
         ready: dict[str, list[tuple[int, ImageTarget, Any]]] = {}  # per Image object, images awaiting a batch
         pending = []
+        stop = self.worker.should_stop  # asked before every UNet call: a job past its time, or a shutdown
 
         def job_for(group: list[tuple[int, ImageTarget, Any]]):
             if options.everything:
-                return lambda: [segmenter.segment_everything(image, **options.settings) for _, _, image in group]
+                return lambda: [segmenter.segment_everything(image, should_stop=stop, **options.settings)
+                                for _, _, image in group]
             target = group[0][1]
             labels, words = target.labels, {**target.words, **options.words}
             images = [image for _, _, image in group]
-            return lambda: segmenter.segment_batch(images, labels, words=words, **options.settings)
+            return lambda: segmenter.segment_batch(images, labels, words=words, should_stop=stop, **options.settings)
 
         def submit(group: list[tuple[int, ImageTarget, Any]]) -> None:
             pending.append((self.worker.submit([job_for(group)], BATCH)[0], group))
@@ -197,9 +212,13 @@ class Runtime:
         for future, group in pending:
             try:
                 results = future.result()
+            except Unavailable:  # shutting down: this request gets a 503, not one error per task
+                raise
             except Exception as exc:
-                results = [exc]
-                if len(group) > 1:  # find the image that failed the batch: each alone, so the others still get masks
+                results = [exc] * len(group)
+                # Find the image that failed the batch: each alone, so the others still get masks. A
+                # batch stopped at its time limit is not run again image by image, which could take longer.
+                if len(group) > 1 and not isinstance(exc, JobStopped):
                     results = []
                     for member in group:
                         try:
@@ -216,7 +235,7 @@ class Runtime:
         for i, outcome in enumerate(outcomes):
             if isinstance(outcome, Exception):
                 self.metrics.failed()
-                ours = isinstance(outcome, (RequestError, ImageError, FetchError))
+                ours = isinstance(outcome, (RequestError, ImageError, FetchError, CostLimitError, JobStopped))
                 log.error("task %s failed: %s: %s", tasks[i].get("id"), type(outcome).__name__, outcome,
                           exc_info=None if ours else outcome)  # a bug of ours: its traceback
         return outcomes
@@ -228,7 +247,8 @@ class Runtime:
         labels = list(hints)
         settings = {**options.settings, "method": "seediff"} if options.everything else options.settings
         words = {**target.words, **options.words}
-        job = lambda: segmenter.segment(image, labels, hints=hints, words=words, **settings)  # noqa: E731
+        job = lambda: segmenter.segment(image, labels, hints=hints, words=words,  # noqa: E731
+                                        should_stop=self.worker.should_stop, **settings)
         result = self.worker.submit([job], INTERACTIVE)[0].result()
         self.metrics.record(result.timings)
         return result

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import signal
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -20,6 +21,7 @@ from werkzeug.exceptions import HTTPException
 
 from . import quality
 from .base import TRAIN_EVENTS
+from .controls import parse_targets
 from .errors import RequestError, Unavailable, require_object, require_str
 from .model import SeediffBackend
 from .openapi import openapi_document
@@ -28,6 +30,11 @@ from .settings import BackendSettings
 
 log = logging.getLogger(__name__)
 TASK_EXAMPLE = '{"tasks": [{"id": 1, "data": {"image": "/data/upload/1/a.png"}}]}'
+# After SIGTERM, what a worker process may take to finish its requests before gunicorn kills it
+# (gunicorn's default is 30 s): a click or an ordinary batch finishes, a long job is stopped at its
+# next UNet call and answered 503, and what is still running is abandoned, well inside the 10 s that
+# `docker stop` and most process managers wait before SIGKILL.
+SHUTDOWN_GRACE_SECONDS = 5
 
 
 def create_app(settings: BackendSettings | None = None, model_class=SeediffBackend) -> Flask:
@@ -74,6 +81,10 @@ def create_app(settings: BackendSettings | None = None, model_class=SeediffBacke
         schema = require_str(data.get("schema"), "schema", '"<View>...</View>"')
         extra = require_object(data.get("extra_params"), "extra_params", '{"timestep": 300}')
         model = instance(project, schema, extra)
+        # Over a limit: refused here, where Label Studio shows the error when the model is connected.
+        # A config seediff cannot label still gets a version; /predict says why it cannot.
+        targets = parse_targets(model.label_interface, required=False) if model.label_interface else []
+        runtime.check_request(targets, runtime.overrides(model.extra_params))
         return jsonify(model_version=model.model_version)
 
     @app.post("/predict")
@@ -188,6 +199,21 @@ def _error(status: int, error: str, detail: dict | None = None) -> Response:
     return response
 
 
+def _stop_jobs_on_sigterm(worker) -> None:
+    """gunicorn's post_worker_init hook: on SIGTERM a worker stops taking connections and waits for
+    its requests; this also stops the model's running job before its next UNet call (its request
+    answers 503), since a job can run for minutes and would only be killed at the grace period's end."""
+    runtime = worker.wsgi.config["runtime"]
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum, frame):
+        runtime.shutdown()
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
 def serve(settings: BackendSettings) -> None:
     """Run the app under gunicorn with the settings' host, port, workers and threads."""
     from gunicorn.app.base import BaseApplication
@@ -198,7 +224,8 @@ def serve(settings: BackendSettings) -> None:
                                "threads": settings.threads, "timeout": 0, "loglevel": settings.log_level.lower(),
                                # Clients that reuse a connection after a Retry-After wait must not
                                # find it closed under them (gunicorn's default is 2 s).
-                               "keepalive": 75}.items():
+                               "keepalive": 75, "graceful_timeout": SHUTDOWN_GRACE_SECONDS,
+                               "post_worker_init": _stop_jobs_on_sigterm}.items():
                 self.cfg.set(key, value)
 
         def load(self):

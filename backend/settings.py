@@ -10,7 +10,9 @@ of any pipeline setting), or one setting at a time as SEEDIFF_<NAME> (e.g. SEEDI
 Limits: SEEDIFF_QUEUE_SIZE (tasks waiting for the model, 256), SEEDIFF_FETCH_TIMEOUT (s, 20),
 SEEDIFF_MAX_IMAGE_BYTES (50 MB), SEEDIFF_MAX_PIXELS (80 M), SEEDIFF_DOWNLOAD_CACHE_BYTES (1 GB),
 SEEDIFF_ALLOWED_HOSTS (comma-separated hosts images may come from besides Label Studio; "*" = any
-public host).
+public host). Cost (README, "Limits"): SEEDIFF_MAX_REQUEST_COST (units per /predict request, 5000),
+SEEDIFF_JOB_SECONDS (s one model job may run, 600), and the library's SEEDIFF_MAX_IMAGE_COST and
+SEEDIFF_MAX_ATTENTION_GIB.
 """
 
 from __future__ import annotations
@@ -22,7 +24,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from seediff_core import limits
 from seediff_core.config import DEFAULT_MODEL, SeediffConfig
+
+# Units per /predict request (one unit: an SD 1.5 UNet forward at 512 px, ~20 ms on an H100): about
+# what an H100 does within Label Studio's 100 s /predict timeout (ML_TIMEOUT_PREDICT), ~430 images at
+# SD 1.5's defaults with 4 labels (11.5 units each), more than the queue's 256 tasks, and a Data
+# Manager page of 100 tasks even with ADE20K's 150 labels (~36 units each).
+DEFAULT_MAX_REQUEST_COST = 5000.0
+REQUEST_COST_ENV = "SEEDIFF_MAX_REQUEST_COST"
+# Seconds one model job (one UNet batch) may run before it is stopped at its next UNet call: six
+# times Label Studio's 100 s /predict timeout, past which the job answers nobody and only keeps the
+# one worker from every other project. `seediff prelabel` runs without it unless the env var is set.
+DEFAULT_JOB_SECONDS = 600.0
+JOB_SECONDS_ENV = "SEEDIFF_JOB_SECONDS"
 
 
 def _env(*names: str, default: str | None = None) -> str | None:
@@ -54,6 +69,8 @@ class BackendSettings:
     max_pixels: int = 80_000_000
     download_cache_bytes: int = 2**30
     allowed_hosts: tuple[str, ...] = ()
+    max_request_cost: float = DEFAULT_MAX_REQUEST_COST
+    job_seconds: float | None = DEFAULT_JOB_SECONDS  # None: jobs run to the end
 
     @classmethod
     def from_env(cls, **overrides: Any) -> "BackendSettings":
@@ -90,6 +107,8 @@ class BackendSettings:
             max_pixels=int(_env("SEEDIFF_MAX_PIXELS", default="80000000")),
             download_cache_bytes=int(_env("SEEDIFF_DOWNLOAD_CACHE_BYTES", default=str(2**30))),
             allowed_hosts=tuple(h.strip().lower() for h in (_env("SEEDIFF_ALLOWED_HOSTS", default="") or "").split(",") if h.strip()),
+            max_request_cost=_positive(REQUEST_COST_ENV, DEFAULT_MAX_REQUEST_COST),
+            job_seconds=_positive(JOB_SECONDS_ENV, DEFAULT_JOB_SECONDS),
         )
         pipeline_fields = {f.name for f in dataclasses.fields(SeediffConfig)} - {"model"}
         for key, value in overrides.items():
@@ -103,6 +122,7 @@ class BackendSettings:
                 raise ValueError(f"unknown backend setting {key!r}")
         settings = cls(**values)
         SeediffConfig().replace(**settings.pipeline)  # fail at start-up, not at the first request
+        limits.max_image_cost(), limits.max_attention_gib()  # ... also for the library's limits
         if bool(settings.basic_auth_user) != bool(settings.basic_auth_pass):
             raise ValueError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
         return settings
@@ -113,3 +133,17 @@ def _parse(value: str) -> Any:
         return json.loads(value)
     except json.JSONDecodeError:
         return value
+
+
+def _positive(name: str, default: float) -> float:
+    """A positive number from the environment variable ``name`` (``default`` when unset)."""
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} must be a number") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{name}={raw!r} must be a positive number")
+    return value

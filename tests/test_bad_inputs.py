@@ -18,6 +18,7 @@ from PIL import Image
 from backend.rle import rle_to_mask
 from backend.server import create_app
 from fake_http import FakeHTTPServer
+from seediff_core.limits import MAX_LABELS
 from seediff_core.scenes import make_scene, render
 from test_backend_server import _predict, _ready, _settings, _url
 
@@ -204,7 +205,7 @@ def test_exif_orientations_turn_the_image_upright():
         assert decoded.shape == upright.shape and np.abs(decoded - upright).mean() < 1.0, orientation
 
 
-def test_unicode_and_500_label_configs(world):
+def test_unicode_configs_and_the_most_labels_one_image_takes(world):
     client, _, _ = world
     labels = ["猫", "Ünïcödé ✓", "chien \"quoted\" & <escaped>"]
     escaped = [label.replace("&", "&amp;").replace("\"", "&quot;").replace("<", "&lt;").replace(">", "&gt;") for label in labels]
@@ -215,10 +216,14 @@ def test_unicode_and_500_label_configs(world):
     assert response.status_code == 200
     (prediction,) = response.json["results"]
     assert {r["value"]["brushlabels"][0] for r in prediction["result"]} <= set(labels) and prediction["result"]
-    many = [f"label {i}" for i in range(500)]
-    config = ('<View><Image name="image" value="$image"/><BrushLabels name="tag" toName="image">'
-              + "".join(f'<Label value="{label}"/>' for label in many) + "</BrushLabels></View>")
-    response = client.post("/predict", json={"tasks": [{"id": 1, "data": {"image": _url(W, H)}}], "label_config": config,
-                                             "project": "41.1"})
-    assert response.status_code == 200 and "errors" not in response.json
-    assert {r["value"]["brushlabels"][0] for r in response.json["results"][0]["result"]} <= set(many)
+    # MAX_LABELS (256, ADE20K has 150) are served; one more is refused before any work, naming the config.
+    for count, status in ((MAX_LABELS, 200), (MAX_LABELS + 1, 400)):
+        many = [f"label {i}" for i in range(count)]
+        config = ('<View><Image name="image" value="$image"/><BrushLabels name="tag" toName="image">'
+                  + "".join(f'<Label value="{label}"/>' for label in many) + "</BrushLabels></View>")
+        response = client.post("/predict", json={"tasks": [{"id": 1, "data": {"image": _url(W, H)}}],
+                                                 "label_config": config, "project": "41.1"})
+        assert response.status_code == status and "errors" not in response.json, response.json
+        if status == 200:
+            assert {r["value"]["brushlabels"][0] for r in response.json["results"][0]["result"]} <= set(many)
+    assert response.json["detail"]["field"] == "label_config" and f"at most {MAX_LABELS}" in response.json["error"]

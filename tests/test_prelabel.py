@@ -186,6 +186,22 @@ def test_usage_errors_exit_2_with_the_fix(label_studio, tmp_path):
     assert np.all([r.stderr.count("\n") <= 2 for r in (no_token, missing, wrong)])  # one line, no traceback
 
 
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("model", ["stable-diffusion-v1-5/stable-diffusion-v1-5", "/nonexistent/sd15"])
+def test_a_model_that_cannot_load_is_said_once_before_any_task(label_studio, project, tmp_path, model):
+    # The default SD 1.5 hub id without network (an empty hub cache: HF_HUB_OFFLINE is set), and a
+    # folder that does not exist, over the 41-task project.
+    client, project_id = project
+    env = _env(tmp_path, LABEL_STUDIO_URL=label_studio, LABEL_STUDIO_API_KEY=TOKEN, HF_HOME=str(tmp_path / "hub"))
+    before = _predictions_per_task(client, project_id)
+    done = _run(["--project", str(project_id), "--model", model, "--report", "report.json"], tmp_path, env)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count(model) >= 1 and done.stderr.count("seediff prelabel: ") == 1, done.stderr
+    assert "--model" in done.stderr or "existing folder" in done.stderr  # the fix, or what a model may be
+    assert "Traceback" not in done.stderr and "task " not in done.stderr  # no task was tried
+    assert not (tmp_path / "report.json").exists() and _predictions_per_task(client, project_id) == before
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_ray_prelabels_a_real_project_with_two_actors_and_a_local_run_then_skips_it(label_studio, tmp_path):
