@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FETCH_TESTS = ["tests/test_backend_fetch.py"]
 AUTH_TESTS = ["tests/test_backend_server.py::test_basic_auth"]
 REGION_TESTS = ("tests/test_regions.py", "tests/test_regions_quality.py")
+LIMIT_TESTS = ("tests/test_backend_limits.py", "-k", "not sigterm")
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,27 @@ MUTATIONS = [
     Mutation("the project's model version follows the predictions", "backend/server.py",
              "            runtime.project_versions.after_predictions(", "            (lambda *a: None)(",
              ("tests/test_e2e_label_studio.py::test_retrieve_predictions_in_a_real_label_studio",)),
+    # Cost (README, "Limits"): what a request may ask of the model, jobs past their time, shutdown.
+    Mutation("limits: labels and prompt words are bounded before any work", "backend/limits.py",
+             "    check_labels(targets, options, runtime.config(options.settings).synonyms)\n", "", LIMIT_TESTS),
+    Mutation("limits: one image over the cost limit is refused at /setup and /predict", "backend/limits.py",
+             "            limits.check_cost(cost)\n", "            pass\n", LIMIT_TESTS),
+    Mutation("limits: a request over SEEDIFF_MAX_REQUEST_COST is refused", "backend/limits.py",
+             "if tasks * units > limit:", "if False:", LIMIT_TESTS),
+    Mutation("limits: more tasks than the queue can ever hold are a 400, not a 503", "backend/limits.py",
+             "if images > capacity:", "if False:", LIMIT_TESTS),
+    Mutation("limits: a job past SEEDIFF_JOB_SECONDS is stopped before its next UNet call", "backend/worker.py",
+             "return self._stopping.is_set() or time.monotonic() > self._deadline", "return self._stopping.is_set()",
+             ("tests/test_backend_limits.py::test_a_job_past_its_time_fails_alone_and_the_next_request_is_answered",)),
+    Mutation("limits: SIGTERM stops the running job (its request answers 503)", "backend/server.py",
+             "        runtime.shutdown()\n        if callable(previous):", "        if callable(previous):",
+             ("tests/test_backend_limits.py::test_sigterm_stops_serve_within_10_s_and_answers_the_job_it_stops",)),
+    Mutation("limits: after SIGTERM a worker has 5 s, not gunicorn's 30", "backend/server.py",
+             '"graceful_timeout": SHUTDOWN_GRACE_SECONDS,', "",
+             ("tests/test_backend_limits.py::test_sigterm_stops_serve_within_10_s_during_a_step_that_cannot_be_stopped",)),
+    Mutation("limits: prelabel says a model that cannot load once, before any task", "backend/cli.py",
+             "        job.wait_for_model()", "        pass",
+             ("tests/test_prelabel.py::test_a_model_that_cannot_load_is_said_once_before_any_task",)),
     Mutation("basic auth is required when set", "backend/server.py",
              "        if not ok:\n            response = _error(401", "        if False:\n            response = _error(401",
              tuple(AUTH_TESTS)),
