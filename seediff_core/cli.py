@@ -107,11 +107,23 @@ def _split_labels(labels: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(part.strip() for label in labels for part in label.split(",") if part.strip())
 
 
-def _segmenter_or_fail(model: str, extra: tuple[str, ...], **settings):
+class _CannotStart(click.ClickException):
+    exit_code = 2  # nothing was processed: the model cannot load, or a setting is refused
+
+
+def _segmenter_or_fail(model: str, extra: tuple[str, ...], labels: tuple[str, ...] = (), **settings):
+    """The segmenter, or one error with the fix and exit code 2 before any image: a model that
+    cannot load, a setting out of its range, or labels and settings whose cost is over the limits
+    (checked on the model's native square, the largest working grid)."""
     try:
-        return build_segmenter(model, extra, **settings)
+        segmenter = build_segmenter(model, extra, **settings)
+        if labels:
+            from .limits import check_cost
+
+            check_cost(segmenter.estimate_cost(list(labels)))
+        return segmenter
     except (ValueError, RuntimeError) as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise _CannotStart(str(exc)) from exc
 
 
 def _for_each_image(images: tuple[Path, ...], out: Path, desc: str, work) -> None:
@@ -149,7 +161,7 @@ def segment(images: tuple[Path, ...], labels: tuple[str, ...], out: Path, model:
     from .images import load_image
 
     labels = _split_labels(labels)
-    segmenter = _segmenter_or_fail(model, extra, **settings)
+    segmenter = _segmenter_or_fail(model, extra, labels, **settings)
 
     def work(path: Path, folder: Path) -> None:
         picture = load_image(path)
@@ -177,7 +189,7 @@ def heatmap(images: tuple[Path, ...], labels: tuple[str, ...], out: Path, model:
     from .overlay import draw_heatmap
 
     labels = _split_labels(labels)
-    segmenter = _segmenter_or_fail(model, extra, **{**settings, "method": "crossattn"})
+    segmenter = _segmenter_or_fail(model, extra, labels, **{**settings, "method": "crossattn"})
 
     def work(path: Path, folder: Path) -> None:
         picture = load_image(path)
@@ -220,7 +232,7 @@ def synth(labels, per_label, out, model, method, sampling_steps, guidance, seed,
     from .synth import Synthesizer, write_dataset
 
     labels = _split_labels(labels)
-    segmenter = _segmenter_or_fail(model, extra, method=method, device=device, dtype=dtype)
+    segmenter = _segmenter_or_fail(model, extra, labels, method=method, device=device, dtype=dtype)
     synthesizer = Synthesizer(segmenter, steps=sampling_steps, guidance=guidance)
     with tqdm(total=per_label * len(labels), desc="synth", unit="image", file=sys.stderr) as bar:
         counts = write_dataset(out, synthesizer, labels, per_label, seed=seed, progress=bar.update)

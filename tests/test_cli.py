@@ -58,8 +58,20 @@ def test_all_good_images_exit_zero(tmp_path, tiny_model_dir):
 def test_missing_model_is_one_clear_line(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
     proc = _run(["segment", "x.png", "--labels", "cat", "--model", "nobody/nothing-here"], tmp_path)
-    assert proc.returncode == 1
-    assert "could not load model 'nobody/nothing-here'" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2
+    assert proc.stderr.count("could not load model 'nobody/nothing-here'") == 1 and "Traceback" not in proc.stderr
+
+
+def test_settings_over_a_limit_are_refused_before_any_image(tmp_path, tiny_model_dir, monkeypatch):
+    for name in ("x.png", "y.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    monkeypatch.setenv("SEEDIFF_MAX_IMAGE_COST", "5")  # an administrator's tight limit: 10 inversion steps cost more
+    for settings, message in ((["--set", "noise_draws=1000000"], "noise_draws=1000000 is outside its range 1..32"),
+                              (["--set", "working_size=512"], "units per image")):
+        proc = _run(["segment", "x.png", "y.png", "--labels", "cat", "--model", str(tiny_model_dir), "--out", "o",
+                     *settings], tmp_path)
+        assert proc.returncode == 2 and proc.stderr.count(message) == 1, proc.stderr
+        assert not (tmp_path / "o").exists()
 
 
 def test_labels_take_every_word_up_to_the_next_option():

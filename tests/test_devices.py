@@ -30,15 +30,19 @@ def photo() -> Image.Image:
     return Image.fromarray(render(make_scene(4, touching=True), 256).image).resize((200, 150))
 
 
-@pytest.fixture(scope="module")
-def on_cuda(tiny_model_dir):
-    """The tiny SD 1.5-layout model loaded with device="cuda" (float32); use it inside ``emulated_cuda()``."""
-    from seediff_core.models import _load_cached
+def load_on_cuda(name: str, dtype: str | None = None):
+    """``load_model(name, device="cuda", dtype=dtype)``'s own loading, past its per-process cache:
+    emulated models must neither evict the other tests' models nor outlive this module."""
+    from seediff_core.models import _load_cached, pick_dtype
 
     with emulated_cuda():
-        model = load_model(str(tiny_model_dir), device="cuda", dtype="float32")
-    yield model
-    _load_cached.cache_clear()  # the emulated model must not outlive this module
+        return _load_cached.__wrapped__(name, "cuda", pick_dtype(torch.device("cuda"), dtype))
+
+
+@pytest.fixture(scope="module")
+def on_cuda(tiny_model_dir):
+    """The tiny SD 1.5-layout model on "cuda" in float32; use it inside ``emulated_cuda()``."""
+    return load_on_cuda(str(tiny_model_dir), "float32")
 
 
 def _same(cpu, cuda) -> None:
@@ -68,9 +72,9 @@ def test_every_method_runs_on_cuda_and_matches_the_cpu(method, on_cuda, tiny_mod
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_runs_on_cuda_in_half_precision(method, tiny_model_dir, photo):
     """float16, the dtype a GPU run gets by default, as far as the CPU's half kernels go."""
+    model = load_on_cuda(str(tiny_model_dir))
+    assert model.dtype == torch.float16  # the default on cuda
     with emulated_cuda():
-        model = load_model(str(tiny_model_dir), device="cuda")
-        assert model.dtype == torch.float16
         result = Segmenter(model, method=method).segment(photo, LABELS)
     for mask in result.masks:
         assert mask.mask.shape == (150, 200) and np.isfinite(mask.soft).all() and 0 <= mask.score <= 1
@@ -113,14 +117,9 @@ def test_half_precision_on_cuda_agrees_with_float32_on_the_shipped_model():
     labels = ["circle", "square", "triangle", "star"]
     scenes = [Image.fromarray(render(make_scene(seed, touching=True), 256).image) for seed in (11, 12)]
     cpu = Segmenter(load_model("shapes-world", device="cpu"), working_size=128)
+    half = Segmenter(load_on_cuda("shapes-world"), working_size=128)
     with emulated_cuda():
-        model = load_model("shapes-world", device="cuda")
-        assert model.dtype == torch.float16  # the default on cuda
-        half = Segmenter(model, working_size=128)
         results = [(cpu.segment(scene, labels), half.segment(scene, labels)) for scene in scenes]
-    from seediff_core.models import _load_cached
-
-    _load_cached.cache_clear()
     agreements = []
     for full, reduced in results:
         for label in labels:
