@@ -29,7 +29,8 @@ def split_objects(mask: torch.Tensor, min_area: float, min_width: float) -> list
     """The objects of one label's mask, largest first.
 
     Args:
-        mask (`torch.Tensor`): (h, w) bool on the working grid.
+        mask (`torch.Tensor`): (h, w) bool on the working grid, on the CPU (the pipeline hands the
+            method's masks over once, before this stage).
         min_area (`float`): parts with fewer cells are fragments and dropped; holes with fewer
             cells are filled.
         min_width (`float`): parts whose widest point (twice the largest distance from a cell to the
@@ -40,7 +41,7 @@ def split_objects(mask: torch.Tensor, min_area: float, min_width: float) -> list
     """
     if not mask.any():
         return []
-    cells = fill_small_holes(mask.cpu().numpy().astype(np.uint8), min_area)
+    cells = fill_small_holes(mask.numpy().astype(np.uint8), min_area)
     count, components, stats, _ = cv2.connectedComponentsWithStats(cells, connectivity=8)
     # Distance to the nearest cell outside the mask, the grid's border counting as outside.
     distance = cv2.distanceTransform(np.pad(cells, 1), cv2.DIST_L2, 5)[1:-1, 1:-1]

@@ -66,12 +66,10 @@ def test_settings_over_a_limit_are_refused_before_any_image(tmp_path, tiny_model
     for name in ("x.png", "y.png"):
         Image.new("RGB", (8, 8)).save(tmp_path / name)
     monkeypatch.setenv("SEEDIFF_MAX_IMAGE_COST", "5")  # an administrator's tight limit: 10 inversion steps cost more
-    for settings, message in ((["--set", "noise_draws=1000000"], "noise_draws=1000000 is outside its range 1..32"),
-                              (["--set", "working_size=512"], "units per image")):
-        proc = _run(["segment", "x.png", "y.png", "--labels", "cat", "--model", str(tiny_model_dir), "--out", "o",
-                     *settings], tmp_path)
-        assert proc.returncode == 2 and proc.stderr.count(message) == 1, proc.stderr
-        assert not (tmp_path / "o").exists()
+    proc = _run(["segment", "x.png", "y.png", "--labels", "cat", "--model", str(tiny_model_dir), "--out", "o",
+                 "--set", "working_size=512"], tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("units per image") == 1, proc.stderr
+    assert not (tmp_path / "o").exists()
 
 
 def test_labels_take_every_word_up_to_the_next_option():

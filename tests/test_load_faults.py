@@ -53,7 +53,7 @@ def loaded_server(tmp_path):
 
 def test_load_short(loaded_server):
     url, pid = loaded_server
-    _check_load(run_load(url, pid, clients=32, seconds=20, warmup=8))
+    _check_load(run_load(url, pid, clients=32, seconds=12, warmup=5))
 
 
 @pytest.mark.slow
@@ -69,7 +69,7 @@ def _png(seed: int) -> bytes:
 
 
 def test_kill_9_mid_batch_then_restart(tmp_path, monkeypatch):
-    images = {f"/data/upload/1/{n}.png": _png(n) for n in range(24)}
+    images = {f"/data/upload/1/{n}.png": _png(n) for n in range(12)}
 
     def routes(path, headers):
         if path in images:
@@ -87,7 +87,7 @@ def test_kill_9_mid_batch_then_restart(tmp_path, monkeypatch):
                             timeout=30).json()["model_version"]
     threading.Thread(target=lambda: requests.post(f"{url}/predict", json=body, timeout=300), daemon=True).start()
     deadline = time.time() + 60
-    while sum(1 for path, _ in ls.seen if path in images) < 12 and time.time() < deadline:
+    while sum(1 for path, _ in ls.seen if path in images) < 6 and time.time() < deadline:
         time.sleep(0.02)
     _stop(server, signal.SIGKILL)  # the worker and the master, mid-batch
     cache = tmp_path / "downloads"

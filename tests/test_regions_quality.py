@@ -116,14 +116,25 @@ def test_a_click_returns_the_object_under_it(segmenter):
     assert others <= 3, others
 
 
+_PER_PIXEL: dict[int, tuple] = {}
+
+
+def _per_pixel(segmenter, seed: int):
+    """(rendered scene, result with label_per_object off) of a held-out scene, computed once for
+    the two tests below (the first reads ten of the second's sixty scenes)."""
+    if seed not in _PER_PIXEL:
+        rendered = render(make_scene(seed), 256)
+        _PER_PIXEL[seed] = rendered, segmenter.segment(Image.fromarray(rendered.image), LABELS, label_per_object=False)
+    return _PER_PIXEL[seed]
+
+
 @pytest.mark.timeout(300)
 def test_no_region_is_a_fragment_or_a_sliver(segmenter):
     """Per-pixel labels (label_per_object off) leave scraps of labels on other objects; whatever the
     method leaves, no region reaches the annotator below the minimum area or width."""
     config = segmenter.config_for(label_per_object=False)
     for seed in TEST_SEEDS[200:210]:
-        rendered = render(make_scene(seed), 256)
-        result = segmenter.segment(Image.fromarray(rendered.image), LABELS, label_per_object=False)
+        _, result = _per_pixel(segmenter, seed)
         for item in result.masks:
             for region in item.regions:
                 assert region.area >= config.min_region_area * 256 * 256 * 0.8, (seed, item.label, region.box)
@@ -141,8 +152,7 @@ def test_each_region_is_scored_alone(segmenter):
     31 of 32 such pairs (0.97; repeating the label's score on every region, as before: 0.5)."""
     pairs = wins = 0
     for seed in TEST_SEEDS[200:260]:
-        rendered = render(make_scene(seed), 256)
-        result = segmenter.segment(Image.fromarray(rendered.image), LABELS, label_per_object=False)
+        rendered, result = _per_pixel(segmenter, seed)
         for item in result.masks:
             truth = rendered.label_mask(item.label)
             on_label = [((r.full_mask(256, 256) > 0) & truth).sum() / r.area > 0.5 for r in item.regions]

@@ -13,11 +13,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,14 +42,18 @@ def test_the_defaults_are_sd15s():
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_the_cli_segments_at_the_defaults(method, tiny_model_dir, tmp_path):
+    """``seediff segment`` itself, in this process (click's runner: the model loads once for all
+    methods; tests/test_cli.py runs the installed console script)."""
+    from click.testing import CliRunner
+
+    from seediff_core.cli import main
+
     _photo().save(tmp_path / "a.png")
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    exe = Path(sys.executable).with_name("seediff")
-    proc = subprocess.run([str(exe), "segment", "a.png", "--labels", "cat", "dog", "--model", str(tiny_model_dir),
-                           "--method", method, "--out", "out"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    info = json.loads((tmp_path / "out/a/result.json").read_text())
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["segment", str(tmp_path / "a.png"), "--labels", "cat,dog", "--model",
+                                       str(tiny_model_dir), "--device", "cpu", "--method", method, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    info = json.loads((out / "a/result.json").read_text())
     assert info["method"] == method and (info["width"], info["height"]) == (240, 180)
     settings = info["settings"]
     assert (settings["seed_factor"], settings["expansion_factors"]) == (4, [4, 2, 1])

@@ -20,6 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 FETCH_TESTS = ["tests/test_backend_fetch.py"]
 AUTH_TESTS = ["tests/test_backend_server.py::test_basic_auth"]
+DEVICE_TESTS = ("tests/test_devices.py",)
 REGION_TESTS = ("tests/test_regions.py", "tests/test_regions_quality.py")
 LIMIT_TESTS = ("tests/test_backend_limits.py", "-k", "not sigterm")
 
@@ -122,6 +123,32 @@ MUTATIONS = [
     Mutation("limits: prelabel says a model that cannot load once, before any task", "backend/cli.py",
              "        job.wait_for_model()", "        pass",
              ("tests/test_prelabel.py::test_a_model_that_cannot_load_is_said_once_before_any_task",)),
+    Mutation("limits: every setting within its range", "seediff_core/config.py",
+             "    check_ranges({f.name: getattr(config, f.name) for f in dataclasses.fields(config)})\n", "",
+             ("tests/test_limits.py",)),
+    Mutation("limits: an image over the cost limit is refused before any UNet call", "seediff_core/pipeline.py",
+             "        check_cost(self._cost(config, prepared[0].size, len(labels + extras), prompts, wanted, len(prepared)))\n",
+             "", ("tests/test_limits.py",)),
+    Mutation("limits: should_stop stops a run before the next UNet call", "seediff_core/pipeline.py",
+             "            if should_stop():\n                raise Cancelled", "            if False:\n                raise Cancelled",
+             ("tests/test_limits.py",)),
+    Mutation("limits: seediff segment refuses labels over the cost limit before any image", "seediff_core/cli.py",
+             "            check_cost(segmenter.estimate_cost(list(labels)))\n", "            pass\n",
+             ("tests/test_cli.py::test_settings_over_a_limit_are_refused_before_any_image",)),
+    Mutation("devices: the working image goes to the model's device", "seediff_core/pipeline.py",
+             "torch.from_numpy(item.rgb).to(self.model.device).permute", "torch.from_numpy(item.rgb).permute",
+             DEVICE_TESTS),
+    Mutation("devices: the grid's valid cells on the maps' device", "seediff_core/maps.py",
+             "ys = (torch.arange(h, dtype=torch.float32, device=self.device) + 0.5) / h",
+             "ys = (torch.arange(h, dtype=torch.float32) + 0.5) / h", DEVICE_TESTS),
+    Mutation("devices: hint masks on the maps' device", "seediff_core/methods/seediff.py",
+             "allowed[k] &= box_mask(hint.boxes, grid, maps.device)", "allowed[k] &= box_mask(hint.boxes, grid)",
+             DEVICE_TESTS),
+    Mutation("devices: DiffSeg's merge marks on the proposals' device", "seediff_core/methods/diffseg.py",
+             "marked = torch.zeros(len(proposals), dtype=torch.bool, device=proposals.device)",
+             "marked = torch.zeros(len(proposals), dtype=torch.bool)", DEVICE_TESTS),
+    Mutation("devices: one hand-over of the masks before the region stage", "seediff_core/pipeline.py",
+             "masks = output.masks.bool().cpu()", "masks = output.masks.bool()", DEVICE_TESTS),
     Mutation("basic auth is required when set", "backend/server.py",
              "        if not ok:\n            response = _error(401", "        if False:\n            response = _error(401",
              tuple(AUTH_TESTS)),
