@@ -63,12 +63,18 @@ def test_missing_model_is_one_clear_line(tmp_path):
 
 
 def test_settings_over_a_limit_are_refused_before_any_image(tmp_path, tiny_model_dir, monkeypatch):
+    """In process (click's runner; the console script's own exit codes are checked above)."""
+    from click.testing import CliRunner
+
+    from seediff_core.cli import main
+
     for name in ("x.png", "y.png"):
         Image.new("RGB", (8, 8)).save(tmp_path / name)
     monkeypatch.setenv("SEEDIFF_MAX_IMAGE_COST", "5")  # an administrator's tight limit: 10 inversion steps cost more
-    proc = _run(["segment", "x.png", "y.png", "--labels", "cat", "--model", str(tiny_model_dir), "--out", "o",
-                 "--set", "working_size=512"], tmp_path)
-    assert proc.returncode == 2 and proc.stderr.count("units per image") == 1, proc.stderr
+    result = CliRunner().invoke(main, ["segment", str(tmp_path / "x.png"), str(tmp_path / "y.png"), "--labels", "cat",
+                                       "--model", str(tiny_model_dir), "--device", "cpu", "--out", str(tmp_path / "o"),
+                                       "--set", "working_size=512"])
+    assert result.exit_code == 2 and result.output.count("units per image") == 1, result.output
     assert not (tmp_path / "o").exists()
 
 
